@@ -1,0 +1,47 @@
+"""courier-greylist: greylisting for the Courier mail server.
+
+This module is the dispatcher's door.  courier-pythonfilter's ``pythonfilter``
+program calls ``initFilter()`` once, then ``doFilter(body_path,
+control_paths)`` for every message, each in its own thread.  Only the
+camelCase names are defined: the 3.0.6 dispatcher runs a module that has
+both spellings twice per message.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from .filter import GreylistFilter, stderr_line
+from .settings import SettingsError, load_settings
+from .stores import StoreError, open_store
+
+__version__ = "0.1.0"
+
+# The one filter instance of this process, built by initFilter.
+_filter: Optional[GreylistFilter] = None
+
+
+def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
+    """Read the settings and open the store; stop the dispatcher if either fails.
+
+    ``config_paths`` replaces courier.config's standard paths; the shim that
+    ``greylist install --config`` writes passes it.
+    """
+    global _filter
+    try:
+        settings = load_settings(config_paths)
+        store = open_store(settings)
+    except (SettingsError, StoreError) as error:
+        stderr_line(f"greylist: cannot start: {error}")
+        sys.exit(1)
+    _filter = GreylistFilter(settings, store)
+    stderr_line('Initialized the "greylist" python filter')
+
+
+def doFilter(body_path: str, control_paths: Sequence[str]) -> str:
+    """Return '' to accept the message, or a 4xx reply while it is greylisted."""
+    if _filter is None:
+        stderr_line("greylist: action=accept, reason=not-initialized")
+        return ""
+    return _filter.do_filter(body_path, control_paths)

@@ -1,0 +1,150 @@
+"""The greylisting rule: given what the stores know and the time, decide.
+
+Pure: no files, no clock.  Time comes in as ``now``; the stored states come
+in as a mapping; the decision says what to reply and what to write back.
+
+The rule (Harris' whitepaper, as the reference module applies it), per
+triplet of a message, in recipient order:
+
+* pending (in not-passed) and younger than ``greylist_time``: must wait;
+* pending and old enough: passes now; it moves to passed;
+* passed before: passes; its last-seen time is refreshed;
+* unknown: recorded as pending, and must wait ``greylist_time``.
+
+The message is accepted only when every triplet passes; otherwise the reply
+carries the longest wait.  Entries older than their store's time-to-live
+count as unknown whether or not a purge has removed them yet, so a decision
+never depends on when the purge last ran.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+PASSED = "passed"
+NOT_PASSED = "not_passed"
+
+DEFAULT_REPLY = "451 4.7.1 Greylisting in action, please come back in {wait}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The four durations of the rule, in seconds."""
+
+    greylist_time: float = 300
+    passed_ttl: float = 60 * 60 * 24 * 36
+    not_passed_ttl: float = 60 * 60 * 24
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What the two stores hold for one triplet: Unix times, or None."""
+
+    not_passed: Optional[float] = None
+    passed: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change to a store: set ``key`` to ``timestamp``, or delete it."""
+
+    store: str
+    key: str
+    timestamp: Optional[int]  # None deletes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one triplet was decided, for the log and for ``check --explain``."""
+
+    key: str
+    reason: str  # new | early-retry | passed | known
+    wait: float = 0.0
+    pending_for: Optional[float] = None  # for "passed": seconds since first attempt
+
+
+@dataclass
+class Decision:
+    """The verdict on a message and the writes that record it."""
+
+    accept: bool
+    wait: float
+    outcomes: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
+
+
+def _live(timestamp: Optional[float], ttl: float, now: float) -> Optional[float]:
+    """A stored time as the rule sees it: None when expired, never in the future.
+
+    A time after ``now`` means the clock was stepped back; it is read as
+    ``now`` so that no sender is ever told to wait longer than greylist_time.
+    """
+    if timestamp is None or timestamp <= 0:
+        return None
+    if timestamp > now:
+        return now
+    if now - timestamp > ttl:
+        return None
+    return timestamp
+
+
+def decide(
+    keys: Iterable[str],
+    stored: Mapping[str, StoredState],
+    now: float,
+    timing: Timing,
+) -> Decision:
+    """Apply the greylisting rule to the triplets of one message.
+
+    ``keys`` are the message's triplet keys in recipient order, repeats
+    included: as in the reference, a repeated triplet sees what the earlier
+    one wrote.
+    """
+    state = {key: stored.get(key, StoredState()) for key in stored}
+    decision = Decision(accept=True, wait=0.0)
+    stamp = int(now)
+    for key in keys:
+        current = state.get(key, StoredState())
+        first_seen = _live(current.not_passed, timing.not_passed_ttl, now)
+        last_passed = _live(current.passed, timing.passed_ttl, now)
+        if first_seen is not None:
+            time_to_go = first_seen + timing.greylist_time - now
+            if time_to_go > 0:
+                decision.accept = False
+                decision.wait = max(decision.wait, time_to_go)
+                decision.outcomes.append(Outcome(key, "early-retry", time_to_go))
+                continue
+            decision.writes.append(Write(PASSED, key, stamp))
+            decision.writes.append(Write(NOT_PASSED, key, None))
+            state[key] = StoredState(None, float(stamp))
+            decision.outcomes.append(Outcome(key, "passed", pending_for=now - first_seen))
+        elif last_passed is not None:
+            decision.writes.append(Write(PASSED, key, stamp))
+            state[key] = StoredState(None, float(stamp))
+            decision.outcomes.append(Outcome(key, "known"))
+        else:
+            decision.accept = False
+            decision.wait = max(decision.wait, timing.greylist_time)
+            decision.writes.append(Write(NOT_PASSED, key, stamp))
+            state[key] = StoredState(float(stamp), current.passed)
+            decision.outcomes.append(Outcome(key, "new", timing.greylist_time))
+    return decision
+
+
+def format_wait(seconds: float) -> str:
+    """``HH:MM:SS`` for a wait, rounded up, hours not wrapping at 24.
+
+    Rounding up means a sender still refused is never told ``00:00:00``
+    (unless greylist_time itself is 0) and never retries a second early.
+    """
+    total = max(0, math.ceil(seconds - 1e-6))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def tempfail_reply(wait: float, template: str = DEFAULT_REPLY) -> str:
+    """The SMTP reply for a message that must wait ``wait`` seconds."""
+    return template.format(wait=format_wait(wait))

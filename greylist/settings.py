@@ -1,0 +1,292 @@
+"""Settings: defaults, reading pythonfilter-modules.conf, validation.
+
+The files are the ones courier.config reads (``_standard_config_paths``),
+sections ``[greylist.py]`` and ``[ttldb]``.  Values are written as Python
+expressions there; the reference passes them to ``eval()``.  Here they are
+parsed, never executed: literals (numbers, strings, booleans, None, lists,
+tuples, dicts) and arithmetic on numbers are accepted, anything else is
+refused with one line naming the file, section, key and problem.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import operator
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+GREYLIST_SECTION = "greylist.py"
+TTLDB_SECTION = "ttldb"
+
+DEFAULT_DB_DIR = "/var/lib/pythonfilter"
+
+
+class SettingsError(Exception):
+    """A configuration file or value is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the filter is told by its configuration, validated."""
+
+    senders_purge_interval: float = 60 * 60 * 2
+    senders_passed_ttl: float = 60 * 60 * 24 * 36
+    senders_not_passed_ttl: float = 60 * 60 * 24
+    greylist_time: float = 300
+    on_store_error: str = "accept"  # or "tempfail"
+    reply: str = "451 4.7.1 Greylisting in action, please come back in {wait}"
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 48
+    log_decisions: bool = True
+    db_type: str = "dbm"
+    db_dir: str = DEFAULT_DB_DIR
+    db_host: Optional[str] = None
+    db_port: Optional[int] = None
+    db_name: Optional[str] = None
+    db_user: Optional[str] = None
+    db_password: Optional[str] = field(default=None, repr=False)
+    sources: tuple = ()
+
+    def with_db_dir(self, path: str) -> Settings:
+        return replace(self, db_type="dbm", db_dir=path)
+
+
+# --- parsing values without eval -------------------------------------------------
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_NAMES = {"True": True, "False": False, "None": None}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _evaluate(node: ast.AST) -> Any:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_evaluate(item) for item in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise ValueError("dict unpacking is not allowed")
+        return {_evaluate(k): _evaluate(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        operand = _evaluate(node.operand)
+        if not _is_number(operand):
+            raise ValueError("sign applied to something that is not a number")
+        return _UNARY[type(node.op)](operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
+            return left + right
+        if not (_is_number(left) and _is_number(right)):
+            raise ValueError("arithmetic is allowed on numbers only")
+        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):
+            raise ValueError("exponent too large")
+        try:
+            return _BINARY[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise ValueError("division by zero") from None
+    raise ValueError(f"not a literal or arithmetic ({type(node).__name__})")
+
+
+def parse_value(text: str) -> Any:
+    """Parse one configuration value as the reference would, without eval()."""
+    if len(text) > 65536:
+        raise ValueError("value longer than 64 KiB")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ValueError(f"not a Python literal ({error.msg})") from None
+    return _evaluate(tree)
+
+
+# --- the known keys ----------------------------------------------------------------
+
+
+def _duration(value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"expected a duration of 0 seconds or more, got {value!r}")
+    return float(value)
+
+
+def _positive_duration(value: Any) -> float:
+    value = _duration(value)
+    if value <= 0:
+        raise ValueError("expected a duration of more than 0 seconds")
+    return value
+
+
+def _prefix(limit: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+            raise ValueError(f"expected a whole number from 0 to {limit}, got {value!r}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"expected True or False, got {value!r}")
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _reply(value: Any) -> str:
+    if not isinstance(value, str) or not value[:1] == "4" or "\n" in value or "\r" in value:
+        raise ValueError("expected a one-line 4xx SMTP reply")
+    try:
+        value.format(wait="00:05:00")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"only {{wait}} may be used in the reply ({error})") from None
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _port(value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a port number, got {value!r}") from None
+    if not 0 < port < 65536 or isinstance(value, (bool, float)):
+        raise ValueError(f"expected a port number, got {value!r}")
+    return port
+
+
+def _db_type(value: Any) -> str:
+    value = _choice("dbm", "psycopg2", "postgresql", "pg", "mysql")(value)
+    if value != "dbm":
+        raise ValueError(f"store type {value!r} is not supported yet; use 'dbm'")
+    return value
+
+
+# config key -> (Settings field, validator).  Both spellings of the reference.
+_GREYLIST_KEYS: dict = {
+    "senders_purge_interval": ("senders_purge_interval", _positive_duration),
+    "sendersPurgeInterval": ("senders_purge_interval", _positive_duration),
+    "senders_passed_ttl": ("senders_passed_ttl", _duration),
+    "sendersPassedTTL": ("senders_passed_ttl", _duration),
+    "senders_not_passed_ttl": ("senders_not_passed_ttl", _duration),
+    "sendersNotPassedTTL": ("senders_not_passed_ttl", _duration),
+    "greylist_time": ("greylist_time", _duration),
+    "greylistTime": ("greylist_time", _duration),
+    "on_store_error": ("on_store_error", _choice("accept", "tempfail")),
+    "reply": ("reply", _reply),
+    "ipv4_prefix": ("ipv4_prefix", _prefix(32)),
+    "ipv6_prefix": ("ipv6_prefix", _prefix(128)),
+    "log_decisions": ("log_decisions", _boolean),
+    # The original module's debug switch; accepted and ignored.
+    "doDebug": (None, _boolean),
+}
+_TTLDB_KEYS: dict = {
+    "type": ("db_type", _db_type),
+    "dir": ("db_dir", _text),
+    "host": ("db_host", _text),
+    "port": ("db_port", _port),
+    "db": ("db_name", _text),
+    "user": ("db_user", _text),
+    "password": ("db_password", lambda v: v if isinstance(v, str) else _text(v)),
+}
+_SECTIONS = {GREYLIST_SECTION: _GREYLIST_KEYS, TTLDB_SECTION: _TTLDB_KEYS}
+
+
+def standard_config_paths() -> list:
+    """The files courier.config reads, honouring a changed _standard_config_paths."""
+    try:
+        import courier.config
+    except ImportError:  # courier-pythonfilter missing: same defaults as it has
+        return ["/etc/pythonfilter-modules.conf", "/usr/local/etc/pythonfilter-modules.conf"]
+    return list(courier.config._standard_config_paths)
+
+
+def _read_file(path: str) -> Optional[configparser.RawConfigParser]:
+    parser = configparser.RawConfigParser(strict=True, interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive, as in courier.config
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{path}: cannot read configuration: {error}") from None
+    except configparser.Error as error:
+        message = " ".join(str(error).split())
+        raise SettingsError(f"{path}: not a valid configuration file: {message}") from None
+    return parser
+
+
+def load_settings(
+    config_paths: Optional[Sequence[str]] = None,
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> Settings:
+    """Read the configuration files (later files override earlier ones)."""
+    paths = standard_config_paths() if config_paths is None else list(config_paths)
+    values: dict = {}
+    sources = []
+    for path in paths:
+        parser = _read_file(path)
+        if parser is None:
+            continue
+        sources.append(path)
+        for section, known in _SECTIONS.items():
+            if not parser.has_section(section):
+                continue
+            for key, text in parser.items(section):
+                if key not in known:
+                    warn(f"greylist: {path}: [{section}] {key}: unknown setting, ignored "
+                         f"(a typo?)")
+                    continue
+                name, check = known[key]
+                try:
+                    value = check(parse_value(text))
+                except ValueError as error:
+                    raise SettingsError(f"{path}: [{section}] {key}: {error}") from None
+                if name is not None:
+                    values[name] = value
+    return Settings(sources=tuple(sources), **values)
+
+
+def settings_from_mapping(mapping: Mapping[str, Any], base: Optional[Settings] = None) -> Settings:
+    """Build settings from already-parsed values (tests, the CLI)."""
+    known = {f.name for f in fields(Settings)}
+    unknown = set(mapping) - known
+    if unknown:
+        raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return replace(base or Settings(), **dict(mapping))
+
+
+def config_dir_hint() -> str:
+    return os.pathsep.join(standard_config_paths())

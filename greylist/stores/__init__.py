@@ -1,0 +1,110 @@
+"""Stores: where the triplets live.  They know nothing of greylisting rules.
+
+A store holds named tables that map a key (a triplet digest) to a Unix time.
+All reads and writes for one message happen inside one ``transaction()``,
+which excludes every other thread and process using the same store.
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+# The reference's store names: dbm file names and SQL table names.
+PASSED_TABLE = "greylist_Passed"
+NOT_PASSED_TABLE = "greylist_NotPassed"
+TABLES = (PASSED_TABLE, NOT_PASSED_TABLE)
+
+
+class StoreError(Exception):
+    """A store operation failed; the message names the store and the cause."""
+
+
+class StoreOpenError(StoreError):
+    """A store could not be opened (missing directory, permissions, corrupt file)."""
+
+
+def parse_timestamp(raw: Optional[bytes]) -> Optional[float]:
+    """A stored value as a Unix time, or None when absent or not a number.
+
+    The reference writes integer text, the original module float text; both
+    are read.  Anything else is treated as absent so that one bad value can
+    never stop greylisting (the purge then drops it).
+    """
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return value
+
+
+def format_timestamp(timestamp: int) -> bytes:
+    """Stored form of a time: integer text, as the reference writes it."""
+    return str(int(timestamp)).encode("ascii")
+
+
+class Transaction(abc.ABC):
+    """Reads and writes of one message, atomic with respect to other users."""
+
+    @abc.abstractmethod
+    def get(self, table: str, key: str) -> Optional[float]:
+        """The time stored under key, or None."""
+
+    @abc.abstractmethod
+    def set(self, table: str, key: str, timestamp: int) -> None:
+        """Store a time under key."""
+
+    @abc.abstractmethod
+    def delete(self, table: str, key: str) -> None:
+        """Forget key (no error if absent)."""
+
+
+class Store(abc.ABC):
+    """A place for the greylisting tables."""
+
+    description: str = "store"
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager:
+        """A context manager yielding a Transaction, exclusive across processes."""
+
+    @abc.abstractmethod
+    def purge(
+        self,
+        table: str,
+        older_than: float,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> int:
+        """Delete entries stored before ``older_than``, a little at a time.
+
+        Never holds the store's lock for more than a few milliseconds at
+        once, so mail keeps flowing.  Returns how many entries went.
+        """
+
+    @abc.abstractmethod
+    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+        """Every (key, time) of a table, for the admin commands."""
+
+    def claim_purge(self, now: float, interval: float) -> bool:
+        """True when this caller should purge now (at most once per interval)."""
+        return True
+
+    def close(self) -> None:
+        """Release files and connections; leaves the store tidy on disk."""
+
+
+def open_store(settings: Settings, readonly: bool = False) -> Store:
+    """Open the store the settings name."""
+    if settings.db_type == "dbm":
+        from .dbm import DbmStore
+
+        return DbmStore(settings.db_dir, readonly=readonly)
+    raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

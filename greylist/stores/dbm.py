@@ -1,0 +1,677 @@
+"""The embedded default store: two dbm files, as the reference keeps them.
+
+Files ``<dir>/greylist_Passed`` and ``<dir>/greylist_NotPassed``, in the
+flavour stdlib ``dbm.open`` picks (gdbm where the interpreter has it, else
+ndbm, else dbm.dumb), keys the triplet digests, values integer Unix time as
+text.  The reference (courier-pythonfilter 3.0.6) reads what we write and
+we read what it wrote, so an upgrade or a rollback re-greylists nobody.
+
+What we do differently, and why:
+
+* One lock for both files, ``<dir>/greylist.lock``: a thread lock plus an
+  ``flock`` on the lock file, so that threads of a dispatcher, a second
+  dispatcher and the command line exclude each other.  The lock file also
+  carries a generation counter, bumped by every writer; a process that sees
+  it change re-reads what it caches (gdbm handles, the dbm.dumb index).
+* gdbm is opened without its own lock (which would keep every other
+  process out) because our lock covers it.
+* dbm.dumb is read and written by our own code in its on-disk format:
+  stdlib's module rewrites the whole index in place on every delete and
+  sync, which costs time in proportion to the store and loses entries when
+  the process is killed during the rewrite.  Here every change is a write
+  into the data file plus, for a new key, one line appended to the index;
+  a delete overwrites the value with zeros (a time of 0, which stdlib
+  readers and the reference treat as long expired); and the index is
+  rewritten only by a compaction that builds a new file and renames it over
+  the old one.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dbm
+import errno
+import os
+import re
+import struct
+import threading
+from typing import Callable, Iterator, Optional, Tuple
+
+from . import (
+    TABLES,
+    Store,
+    StoreError,
+    StoreOpenError,
+    Transaction,
+    format_timestamp,
+    parse_timestamp,
+)
+
+LOCK_NAME = "greylist.lock"
+_HEADER = struct.Struct("<Qd")  # generation, time of the last purge
+_FILE_MODE = 0o600
+_BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Unix
+    fcntl = None  # type: ignore[assignment]
+
+
+def _gdbm():
+    try:
+        import dbm.gnu as gnu
+    except ImportError:
+        return None
+    return gnu
+
+
+def preferred_flavour() -> str:
+    """The flavour stdlib dbm.open(path, 'c') creates on this interpreter."""
+    if _gdbm() is not None:
+        return "dbm.gnu"
+    try:
+        import dbm.ndbm  # noqa: F401
+    except ImportError:
+        return "dbm.dumb"
+    return "dbm.ndbm"
+
+
+# --- the lock ------------------------------------------------------------------------
+
+
+class StoreLock:
+    """Exclusive access to a store directory across threads and processes."""
+
+    def __init__(self, path: str, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._thread_lock = threading.Lock()
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT
+        try:
+            self._fd: Optional[int] = os.open(path, flags, _FILE_MODE)
+        except FileNotFoundError:
+            if not readonly:
+                raise
+            self._fd = None  # nobody ever wrote here, so nobody to exclude
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise StoreOpenError(f"refusing lock file {path}: it is a symbolic link") from None
+            raise StoreOpenError(f"cannot open lock file {path}: {error.strerror}") from None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None or fcntl is None:
+                yield
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def read_header(self) -> Tuple[int, float]:
+        if self._fd is None:
+            return 0, 0.0
+        data = os.pread(self._fd, _HEADER.size, 0)
+        if len(data) < _HEADER.size:
+            return 0, 0.0
+        return _HEADER.unpack(data)
+
+    def write_header(self, generation: int, last_purge: float) -> None:
+        if self._fd is not None and not self.readonly:
+            os.pwrite(self._fd, _HEADER.pack(generation, last_purge), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# --- tables: one per dbm file --------------------------------------------------------
+
+
+class _Table:
+    """One dbm file.  All methods run with the store lock held."""
+
+    flavour = ""
+
+    def __init__(self, base: str, readonly: bool) -> None:
+        self.base = base
+        self.readonly = readonly
+
+    def begin(self) -> None:
+        """A transaction starts (the generic flavour opens its file here)."""
+
+    def end(self) -> None:
+        """A transaction ends."""
+
+    def refresh(self) -> None:
+        """Another process wrote: drop whatever is cached."""
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def set(self, key: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: bytes) -> None:
+        raise NotImplementedError
+
+    def scanner(self) -> Callable[[], Optional[list]]:
+        """A function giving the next few keys on each call, None at the end.
+
+        Called once per lock hold; the store may change between calls.
+        """
+        raise NotImplementedError
+
+    def compact(self, store: DbmStore) -> None:
+        """Make the file tidy for other readers (dbm.dumb drops deleted keys)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _GdbmTable(_Table):
+    flavour = "dbm.gnu"
+
+    def __init__(self, base: str, readonly: bool) -> None:
+        super().__init__(base, readonly)
+        self._gnu = _gdbm()
+        self._db = self._open()
+
+    def _open(self):
+        flag = "ru" if self.readonly else "cu"
+        try:
+            return self._gnu.open(self.base, flag, _FILE_MODE)
+        except self._gnu.error as error:
+            raise StoreOpenError(f"cannot open gdbm file {self.base}: {error}") from None
+
+    def refresh(self) -> None:
+        self._db.close()
+        self._db = self._open()
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._db.get(key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+
+    def delete(self, key: bytes) -> None:
+        try:
+            del self._db[key]
+        except KeyError:
+            pass
+
+    def scanner(self) -> Callable[[], Optional[list]]:
+        # gdbm walks on from a key that must exist: each batch ends with the
+        # key after it remembered, not yet handed out, so not yet deleted.
+        resume: list = [None]
+        finished = [False]
+
+        def next_keys() -> Optional[list]:
+            if finished[0]:
+                return None
+            db = self._db
+            key = db.firstkey() if resume[0] is None else resume[0]
+            batch = []
+            while key is not None and len(batch) < _BATCH:
+                batch.append(key)
+                key = db.nextkey(key)
+            resume[0] = key
+            finished[0] = key is None
+            return batch
+
+        return next_keys
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _GenericTable(_Table):
+    """Any other flavour (ndbm): opened for each transaction, closed after it."""
+
+    def __init__(self, base: str, readonly: bool, flavour: str) -> None:
+        super().__init__(base, readonly)
+        self.flavour = flavour
+        self._db = None
+        self.begin()
+        self.end()
+
+    def begin(self) -> None:
+        try:
+            self._db = dbm.open(self.base, "r" if self.readonly else "c", _FILE_MODE)
+        except Exception as error:
+            raise StoreOpenError(f"cannot open {self.flavour} file {self.base}: {error}") from None
+
+    def end(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._db.get(key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+
+    def delete(self, key: bytes) -> None:
+        try:
+            del self._db[key]
+        except KeyError:
+            pass
+
+    def scanner(self) -> Callable[[], Optional[list]]:
+        done = []
+
+        def next_keys() -> Optional[list]:
+            if done:
+                return None
+            done.append(True)
+            return list(self._db.keys())
+
+        return next_keys
+
+    def close(self) -> None:
+        self.end()
+
+
+_BLOCK = 512  # dbm.dumb aligns every value on a block of this size
+_DUMB_LINE = re.compile(rb"'([^'\\]*)', \((\d+), (\d+)\)\Z")
+
+
+def _blocks_of(pos: int, size: int) -> range:
+    return range(pos // _BLOCK, (pos + size + _BLOCK - 1) // _BLOCK)
+
+
+class _DumbTable(_Table):
+    """dbm.dumb's format (``.dat`` values, ``.dir`` index lines), written safely."""
+
+    flavour = "dbm.dumb"
+
+    def __init__(self, base: str, readonly: bool) -> None:
+        super().__init__(base, readonly)
+        self.dat_path = base + ".dat"
+        self.dir_path = base + ".dir"
+        try:
+            if not readonly:
+                for path in (self.dat_path, self.dir_path):
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+                    os.close(fd)
+            self._dat = os.open(self.dat_path, os.O_RDONLY if readonly else os.O_RDWR)
+            self._dir = -1
+            self._load_index()
+        except OSError as error:
+            raise StoreOpenError(f"cannot open dbm.dumb files {base}.dat/.dir: "
+                                 f"{error.strerror}") from None
+
+    # index maintenance
+
+    def _parse(self, data: bytes, into: dict) -> int:
+        """Parse complete index lines into ``into``; return bytes consumed."""
+        end = data.rfind(b"\n") + 1
+        lines = 0
+        for line in data[:end].split(b"\n"):
+            if not line:
+                continue
+            lines += 1
+            match = _DUMB_LINE.match(line.rstrip())
+            if match:
+                into[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+                continue
+            try:
+                key, (pos, size) = ast.literal_eval(line.decode("latin-1").rstrip())
+                into[key.encode("latin-1")] = (int(pos), int(size))
+            except (ValueError, SyntaxError, TypeError, AttributeError):
+                pass  # a torn line: skipped here, dropped by the next compaction
+        self.index_lines += lines
+        return end
+
+    def _load_index(self) -> None:
+        if self._dir >= 0:
+            os.close(self._dir)
+        self._dir = os.open(self.dir_path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND)
+        stat = os.fstat(self._dir)
+        self._dir_identity = (stat.st_dev, stat.st_ino)
+        self.index: dict = {}
+        self.index_lines = 0
+        data = os.pread(self._dir, stat.st_size, 0) if stat.st_size else b""
+        self._dir_offset = self._parse(data, self.index)
+        self._free: Optional[list] = None
+        self._dat_end = os.fstat(self._dat).st_size
+
+    def refresh(self) -> None:
+        stat = os.stat(self.dir_path)
+        if (stat.st_dev, stat.st_ino) != self._dir_identity or stat.st_size < self._dir_offset:
+            self._load_index()
+            return
+        if stat.st_size > self._dir_offset:
+            tail = os.pread(self._dir, stat.st_size - self._dir_offset, self._dir_offset)
+            added: dict = {}
+            self._dir_offset += self._parse(tail, added)
+            self.index.update(added)
+            if self._free is not None:
+                taken = {block for pos, size in added.values() for block in _blocks_of(pos, size)}
+                self._free = [block for block in self._free if block not in taken]
+        self._dat_end = os.fstat(self._dat).st_size
+
+    def _append_index_line(self, key: bytes, pos: int, size: int) -> None:
+        line = b"%s, (%d, %d)\n" % (repr(key.decode("latin-1")).encode("latin-1"), pos, size)
+        written = os.write(self._dir, line)
+        if written != len(line):
+            raise OSError(errno.EIO, f"short write to {self.dir_path}")
+        self._dir_offset += written
+        self.index_lines += 1
+        self.index[key] = (pos, size)
+
+    def _allocate(self, size: int) -> int:
+        if self._free is None:
+            used = set()
+            for pos, length in self.index.values():
+                used.update(_blocks_of(pos, length))
+            self._free = [b for b in range((self._dat_end + _BLOCK - 1) // _BLOCK) if b not in used]
+            self._free.reverse()  # pop() hands out the lowest block first
+        if size <= _BLOCK and self._free:
+            return self._free.pop() * _BLOCK
+        pos = (self._dat_end + _BLOCK - 1) // _BLOCK * _BLOCK
+        self._dat_end = pos + size
+        return pos
+
+    # the mapping
+
+    def _read(self, pos: int, size: int) -> bytes:
+        return os.pread(self._dat, size, pos) if size else b""
+
+    @staticmethod
+    def _is_tombstone(value: bytes) -> bool:
+        return value.count(b"0") == len(value)
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        entry = self.index.get(key)
+        if entry is None:
+            return None
+        value = self._read(*entry)
+        return None if self._is_tombstone(value) else value
+
+    def set(self, key: bytes, value: bytes) -> None:
+        entry = self.index.get(key)
+        if entry is not None:
+            pos, size = entry
+            if size == len(value) and not self._is_tombstone(self._read(pos, size)):
+                self._pwrite(value, pos)
+                return
+        # A new key, a new length, or a deleted key coming back: the index
+        # gets a line, so a compaction running meanwhile keeps the key.
+        pos = self._allocate(len(value))
+        self._pwrite(value, pos)
+        self._append_index_line(key, pos, len(value))
+
+    def delete(self, key: bytes) -> None:
+        entry = self.index.get(key)
+        if entry is not None and entry[1]:
+            self._pwrite(b"0" * entry[1], entry[0])
+
+    def _pwrite(self, data: bytes, pos: int) -> None:
+        if os.pwrite(self._dat, data, pos) != len(data):
+            raise OSError(errno.EIO, f"short write to {self.dat_path}")
+        self._dat_end = max(self._dat_end, pos + len(data))
+
+    def scanner(self) -> Callable[[], Optional[list]]:
+        keys = list(self.index)
+        cursor = [0]
+
+        def next_keys() -> Optional[list]:
+            start = cursor[0]
+            if start >= len(keys):
+                return None
+            cursor[0] = start + _BATCH
+            return keys[start : start + _BATCH]
+
+        return next_keys
+
+    # compaction
+
+    def compact(self, store: DbmStore) -> None:
+        """Rewrite the index without deleted keys, holding the lock only briefly.
+
+        The new index is written beside the old one from a snapshot, outside
+        the lock; under the lock, the lines appended since the snapshot are
+        added and the file is renamed over the old index.  A crash at any
+        point leaves the old index or the new one, both complete.
+        """
+        with store.locked():
+            identity, offset = self._dir_identity, self._dir_offset
+            snapshot = list(self.index.items())
+        live = [(key, entry) for key, entry in snapshot if not self._is_tombstone(self._read(*entry))]
+        if len(live) == len(snapshot) and self.index_lines == len(snapshot):
+            return
+        temporary = self.dir_path + ".compact"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, _FILE_MODE)
+        try:
+            chunk = []
+            for key, (pos, size) in live:
+                chunk.append(b"%s, (%d, %d)\n" % (repr(key.decode("latin-1")).encode("latin-1"),
+                                                  pos, size))
+                if len(chunk) >= 4096:
+                    os.write(fd, b"".join(chunk))
+                    chunk = []
+            os.write(fd, b"".join(chunk))
+            os.fsync(fd)
+            with store.locked():
+                self.refresh()
+                if self._dir_identity != identity:
+                    return  # another process compacted first
+                tail = os.pread(self._dir, self._dir_offset - offset, offset)
+                os.write(fd, tail)
+                os.fsync(fd)
+                os.rename(temporary, self.dir_path)
+                _fsync_directory(os.path.dirname(self.dir_path) or ".")
+                index = dict(live)
+                self._parse(tail, index)
+                os.close(self._dir)
+                self._dir = os.open(self.dir_path, os.O_RDWR | os.O_APPEND)
+                stat = os.fstat(self._dir)
+                self._dir_identity = (stat.st_dev, stat.st_ino)
+                self._dir_offset = stat.st_size
+                self.index = index
+                self.index_lines = len(live) + tail.count(b"\n")
+                self._free = None
+                store.note_write()
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+    def close(self) -> None:
+        for fd in (self._dat, self._dir):
+            if fd >= 0:
+                os.close(fd)
+        self._dat = self._dir = -1
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the store -----------------------------------------------------------------------
+
+
+class _DbmTransaction(Transaction):
+    def __init__(self, store: DbmStore) -> None:
+        self._store = store
+        self._tables = store._tables
+
+    def get(self, table: str, key: str) -> Optional[float]:
+        return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
+
+    def set(self, table: str, key: str, timestamp: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_timestamp(timestamp))
+
+    def delete(self, table: str, key: str) -> None:
+        self._store.note_write()
+        self._tables[table].delete(key.encode("latin-1"))
+
+
+class DbmStore(Store):
+    """The two reference dbm files in one directory, under one lock."""
+
+    def __init__(self, directory: str, readonly: bool = False) -> None:
+        self.directory = directory
+        self.readonly = readonly
+        if not os.path.isdir(directory):
+            raise StoreOpenError(f"store directory {directory} does not exist "
+                                 f"(create it, owned by Courier's mail user)")
+        if not readonly and not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreOpenError(f"store directory {directory} is not writable "
+                                 f"by uid {os.geteuid()}")
+        self._lock = StoreLock(os.path.join(directory, LOCK_NAME), readonly)
+        self._tables: dict = {}
+        self._generation = -1
+        self._wrote = False
+        try:
+            with self._lock.held():
+                for name in TABLES:
+                    self._tables[name] = self._open_table(os.path.join(directory, name))
+                self._generation = self._lock.read_header()[0]
+        except OSError as error:
+            self.close()
+            raise StoreOpenError(f"cannot open store in {directory}: {error}") from None
+        except StoreOpenError:
+            self.close()
+            raise
+        flavours = sorted({table.flavour for table in self._tables.values()})
+        self.description = f"{'/'.join(flavours)} in {directory}"
+
+    def _open_table(self, base: str) -> _Table:
+        flavour = dbm.whichdb(base)
+        if flavour is None:
+            if self.readonly:
+                raise StoreOpenError(f"no store at {base}")
+            flavour = preferred_flavour()
+        if flavour == "":
+            raise StoreOpenError(f"{base} is not a dbm file this Python can read")
+        if flavour == "dbm.gnu":
+            if _gdbm() is None:
+                raise StoreOpenError(f"{base} is a gdbm file, but this Python has no dbm.gnu "
+                                     f"(install python3-gdbm)")
+            return _GdbmTable(base, self.readonly)
+        if flavour == "dbm.dumb":
+            return _DumbTable(base, self.readonly)
+        return _GenericTable(base, self.readonly, flavour)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lock with every table current; bump the generation after writes."""
+        with self._lock.held():
+            generation = self._lock.read_header()[0]
+            if generation != self._generation:
+                for table in self._tables.values():
+                    table.refresh()
+                self._generation = generation
+            self._wrote = False
+            for table in self._tables.values():
+                table.begin()
+            try:
+                yield
+            finally:
+                for table in self._tables.values():
+                    table.end()
+
+    def note_write(self) -> None:
+        """Called before the first write of a lock hold: tell other processes."""
+        if not self._wrote:
+            self._wrote = True
+            generation, last_purge = self._lock.read_header()
+            self._generation = generation + 1
+            self._lock.write_header(self._generation, last_purge)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        try:
+            with self.locked():
+                yield _DbmTransaction(self)
+        except OSError as error:
+            raise StoreError(f"store in {self.directory}: {error}") from error
+
+    def claim_purge(self, now: float, interval: float) -> bool:
+        if self.readonly:
+            return False
+        with self._lock.held():
+            generation, last_purge = self._lock.read_header()
+            if last_purge <= now < last_purge + interval:
+                return False
+            self._lock.write_header(generation, now)
+            return True
+
+    def purge(
+        self,
+        table: str,
+        older_than: float,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> int:
+        removed = 0
+        examined = 0
+        try:
+            with self.locked():
+                next_keys = self._tables[table].scanner()
+            while True:
+                with self.locked():
+                    db = self._tables[table]
+                    batch = next_keys()
+                    if batch is None:
+                        break
+                    for key in batch:
+                        raw = db.get(key)
+                        if raw is not None:
+                            stamp = parse_timestamp(raw)
+                            if stamp is None or stamp < older_than:
+                                self.note_write()
+                                db.delete(key)
+                                removed += 1
+                    examined += len(batch)
+                if progress is not None:
+                    progress(examined)
+            self._tables[table].compact(self)
+        except OSError as error:
+            raise StoreError(f"purge of {table} in {self.directory}: {error}") from error
+        return removed
+
+    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+        with self.locked():
+            next_keys = self._tables[table].scanner()
+        while True:
+            with self.locked():
+                db = self._tables[table]
+                batch = next_keys()
+                if batch is None:
+                    return
+                rows = [(key, db.get(key)) for key in batch]
+            for key, raw in rows:
+                if raw is not None:
+                    yield key.decode("latin-1"), parse_timestamp(raw)
+
+    def compact(self) -> None:
+        """Tidy the files now (dbm.dumb: drop deleted keys from the index)."""
+        if not self.readonly:
+            for table in self._tables.values():
+                table.compact(self)
+
+    def close(self) -> None:
+        try:
+            if self._tables and not self.readonly and self._generation >= 0:
+                with contextlib.suppress(OSError, StoreError):
+                    self.compact()
+        finally:
+            for table in self._tables.values():
+                with contextlib.suppress(Exception):
+                    table.close()
+            self._tables = {}
+            self._lock.close()

@@ -1,0 +1,70 @@
+"""Triplets: the client network of an IP address and the store key of a triplet.
+
+Pure functions, no I/O.  The key format is the reference's, byte for byte,
+so that stores written by courier-pythonfilter's greylist module keep
+working here and the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class InvalidClientAddress(ValueError):
+    """The client address from the control file is not an IP address."""
+
+
+def parse_client_ip(text: str) -> IPAddress:
+    """Parse the address Courier recorded for the client.
+
+    A scope (``fe80::1%eth0``) is dropped: it names an interface of this
+    host, not part of the client's address.  An IPv4-mapped IPv6 address
+    (``::ffff:192.0.2.1``, which Courier writes for IPv4 clients on a dual
+    stack socket) becomes the IPv4 address, as in the reference.
+    """
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    candidate = candidate.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        raise InvalidClientAddress(f"not an IP address: {text[:80]!r}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_network(address: IPAddress, ipv4_prefix: int = 24, ipv6_prefix: int = 48) -> str:
+    """The network part of a client address as it goes into the triplet.
+
+    The default prefixes give the reference's text: the first three octets
+    of an IPv4 address (``198.51.100``) and the first three hextets of the
+    exploded IPv6 address (``2001:0db8:0001``).  Other prefixes give the
+    network in CIDR notation, which cannot collide with the default form.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        if ipv4_prefix == 24:
+            exploded = address.exploded
+            return exploded[: exploded.rindex(".")]
+        return str(ipaddress.ip_network(f"{address}/{ipv4_prefix}", strict=False))
+    if ipv6_prefix == 48:
+        return address.exploded[:14]
+    return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+
+
+def triplet_key(sender: str, recipient: str, network: str) -> str:
+    """The store key of a triplet: MD5 hex of sender, recipient and network.
+
+    The three parts are joined with no separator, exactly as the reference
+    does; the key must stay that way for its stores to remain valid.
+    Callers pass the sender and recipient already lower-cased.
+    """
+    digest = hashlib.md5(sender.encode("utf-8", "surrogatepass"))
+    digest.update(recipient.encode("utf-8", "surrogatepass"))
+    digest.update(network.encode("utf-8"))
+    return digest.hexdigest()
