@@ -97,6 +97,7 @@ class Store(abc.ABC):
         """True when this caller should purge now (at most once per interval)."""
         return True
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release files and connections; leaves the store tidy on disk."""
 
