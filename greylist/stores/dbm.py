@@ -340,8 +340,18 @@ class _DumbTable(_Table):
         self.index_lines = 0
         data = os.pread(self._dir, stat.st_size, 0) if stat.st_size else b""
         self._dir_offset = self._parse(data, self.index)
+        self._cut_torn_tail(stat.st_size)
         self._free: Optional[list] = None
         self._dat_end = os.fstat(self._dat).st_size
+
+    def _cut_torn_tail(self, size: int) -> None:
+        """Drop a last index line without its newline: a writer died mid-line.
+
+        Only a writer killed inside its write leaves one (writes happen under
+        the lock), and appending after it would glue two lines together.
+        """
+        if size > self._dir_offset and not self.readonly:
+            os.ftruncate(self._dir, self._dir_offset)
 
     def refresh(self) -> None:
         stat = os.stat(self.dir_path)
@@ -352,6 +362,7 @@ class _DumbTable(_Table):
             tail = os.pread(self._dir, stat.st_size - self._dir_offset, self._dir_offset)
             added: dict = {}
             self._dir_offset += self._parse(tail, added)
+            self._cut_torn_tail(stat.st_size)
             self.index.update(added)
             if self._free is not None:
                 taken = {block for pos, size in added.values() for block in _blocks_of(pos, size)}
@@ -492,6 +503,36 @@ class _DumbTable(_Table):
         self._dat = self._dir = -1
 
 
+class _KeyList:
+    """Keys kept compactly: digests as 16 raw bytes, anything else as is.
+
+    A purge of a million-entry store may find half a million expired keys;
+    as Python bytes objects they would cost tens of megabytes.
+    """
+
+    def __init__(self) -> None:
+        self._digests = bytearray()
+        self._others: list = []
+
+    def append(self, key: bytes) -> None:
+        if len(key) == 32:
+            try:
+                raw = bytes.fromhex(key.decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                raw = None
+            if raw is not None and raw.hex().encode() == key:  # lower-case hex round-trips
+                self._digests += raw
+                return
+        self._others.append(key)
+
+    def chunks(self, size: int) -> Iterator[list]:
+        for start in range(0, len(self._digests), 16 * size):
+            block = self._digests[start : start + 16 * size]
+            yield [block[n : n + 16].hex().encode() for n in range(0, len(block), 16)]
+        for start in range(0, len(self._others), size):
+            yield self._others[start : start + size]
+
+
 def _fsync_directory(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -523,9 +564,15 @@ class _DbmTransaction(Transaction):
 class DbmStore(Store):
     """The two reference dbm files in one directory, under one lock."""
 
-    def __init__(self, directory: str, readonly: bool = False) -> None:
+    def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None) -> None:
+        """Open (creating if needed) the store in ``directory``.
+
+        ``flavour`` chooses the dbm flavour of files that do not exist yet;
+        by default it is the one stdlib ``dbm.open`` would create.
+        """
         self.directory = directory
         self.readonly = readonly
+        self._new_flavour = flavour or preferred_flavour()
         if not os.path.isdir(directory):
             raise StoreOpenError(f"store directory {directory} does not exist "
                                  f"(create it, owned by Courier's mail user)")
@@ -555,7 +602,7 @@ class DbmStore(Store):
         if flavour is None:
             if self.readonly:
                 raise StoreOpenError(f"no store at {base}")
-            flavour = preferred_flavour()
+            flavour = self._new_flavour
         if flavour == "":
             raise StoreOpenError(f"{base} is not a dbm file this Python can read")
         if flavour == "dbm.gnu":
@@ -617,8 +664,16 @@ class DbmStore(Store):
         older_than: float,
         progress: Optional[Callable[[int], None]] = None,
     ) -> int:
-        removed = 0
-        examined = 0
+        if self.readonly:
+            raise StoreError(f"store in {self.directory} is open read-only; cannot purge")
+        def expired(raw: bytes) -> bool:
+            stamp = parse_timestamp(raw)
+            return stamp is None or stamp < older_than
+
+        # First find the expired keys, then delete them: gdbm skips keys when
+        # its file changes under a walk, and the walk should not miss any.
+        candidates = _KeyList()
+        examined = removed = 0
         try:
             with self.locked():
                 next_keys = self._tables[table].scanner()
@@ -630,15 +685,20 @@ class DbmStore(Store):
                         break
                     for key in batch:
                         raw = db.get(key)
-                        if raw is not None:
-                            stamp = parse_timestamp(raw)
-                            if stamp is None or stamp < older_than:
-                                self.note_write()
-                                db.delete(key)
-                                removed += 1
+                        if raw is not None and expired(raw):
+                            candidates.append(key)
                     examined += len(batch)
                 if progress is not None:
                     progress(examined)
+            for chunk in candidates.chunks(_BATCH):
+                with self.locked():
+                    db = self._tables[table]
+                    for key in chunk:
+                        raw = db.get(key)
+                        if raw is not None and expired(raw):  # still, after the walk
+                            self.note_write()
+                            db.delete(key)
+                            removed += 1
             self._tables[table].compact(self)
         except OSError as error:
             raise StoreError(f"purge of {table} in {self.directory}: {error}") from error

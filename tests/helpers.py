@@ -1,0 +1,111 @@
+"""Shared test helpers: Courier control files, a settable clock, the reference module."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from typing import Iterable, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_control(
+    path: str,
+    sender: Optional[str] = "alice@example.com",
+    recipients: Sequence[str] = ("bob@example.net",),
+    ip: Optional[str] = "192.0.2.10",
+    delivered: Iterable[int] = (),
+    extra: bytes = b"",
+    raw_sender: Optional[bytes] = None,
+) -> str:
+    """Write a control file in Courier's format; returns its path."""
+    lines = [b"uesmtp"]
+    if raw_sender is not None:
+        lines.append(b"s" + raw_sender)
+    elif sender is not None:
+        lines.append(b"s" + sender.encode())
+    if ip is not None:
+        lines.append(b"fdns; mx.example.org (mx.example.org [" + ip.encode() + b"])")
+        lines.append(b"OTCPREMOTEIP=" + ip.encode())
+    lines.append(b"M0000000A.00000001")
+    for recipient in recipients:
+        encoded = recipient.encode() if isinstance(recipient, str) else recipient
+        lines += [b"r" + encoded, b"Rrfc822;" + encoded, b"N"]
+    for number in delivered:
+        lines.append(b"I%d R 250 Ok" % number)
+        lines.append(b"S%d %d" % (number, int(time.time())))
+    data = b"\n".join(lines) + b"\n" + extra
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_790_000_000.25) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _ClockTime:
+    """Stands in for the time module inside the reference module."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def time(self) -> float:
+        return self._clock()
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def write_config(path: str, db_dir: str, **greylist_settings) -> str:
+    lines = ["[greylist.py]"]
+    lines += [f"{key} = {value!r}" for key, value in greylist_settings.items()]
+    lines += ["", "[ttldb]", "type = 'dbm'", f"dir = {db_dir!r}", ""]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines))
+    return path
+
+
+def load_reference(config_path: str, clock: Clock):
+    """courier-pythonfilter 3.0.6's greylist module, on our config and clock."""
+    import courier.config
+
+    courier.config._standard_config_paths = [config_path]
+    ttldb = importlib.import_module("pythonfilter.ttldb")
+    reference = importlib.import_module("pythonfilter.greylist")
+    reference = importlib.reload(reference)
+    reference.time = _ClockTime(clock)
+    ttldb.time = _ClockTime(clock)
+    stderr, sys.stderr = sys.stderr, open(os.devnull, "w")
+    try:
+        reference.init_filter()
+    finally:
+        sys.stderr.close()
+        sys.stderr = stderr
+    return reference
+
+
+def close_reference(reference) -> None:
+    for name in ("_senders_passed", "_senders_not_passed"):
+        store = getattr(reference, name, None)
+        if store is not None and hasattr(store, "db"):
+            store.db.close()
+
+
+def have_gdbm() -> bool:
+    try:
+        import dbm.gnu  # noqa: F401
+    except ImportError:
+        return False
+    return True

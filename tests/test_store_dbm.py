@@ -1,0 +1,274 @@
+"""The dbm store on real files: format, compatibility, locking, crash safety."""
+
+from __future__ import annotations
+
+import dbm
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+from helpers import have_gdbm, write_control
+
+from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
+from greylist.stores.dbm import LOCK_NAME, DbmStore
+
+FLAVOURS = ["dbm.dumb"] + (["dbm.gnu"] if have_gdbm() else [])
+WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request):
+    return request.param
+
+
+def stdlib_contents(directory, table):
+    with dbm.open(os.path.join(directory, table), "r") as db:
+        return {key.decode(): db[key].decode() for key in db.keys()}
+
+
+def test_roundtrip_and_stdlib_readable(tmp_path, flavour):
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    with store.transaction() as tx:
+        tx.set(NOT_PASSED_TABLE, "a" * 32, 1_790_000_000)
+        tx.set(NOT_PASSED_TABLE, "b" * 32, 1_790_000_001)
+        tx.set(PASSED_TABLE, "c" * 32, 1_790_000_002)
+    with store.transaction() as tx:
+        tx.delete(NOT_PASSED_TABLE, "a" * 32)
+        tx.set(PASSED_TABLE, "a" * 32, 1_790_000_003)
+        tx.set(PASSED_TABLE, "c" * 32, 1_790_000_004)
+        tx.delete(PASSED_TABLE, "missing")
+        assert tx.get(NOT_PASSED_TABLE, "a" * 32) is None
+        assert tx.get(PASSED_TABLE, "c" * 32) == 1_790_000_004
+    store.close()
+    assert dbm.whichdb(str(tmp_path / NOT_PASSED_TABLE)) == flavour
+    assert stdlib_contents(str(tmp_path), NOT_PASSED_TABLE) == {"b" * 32: "1790000001"}
+    assert stdlib_contents(str(tmp_path), PASSED_TABLE) == {"a" * 32: "1790000003", "c" * 32: "1790000004"}
+
+
+def test_reads_float_text_and_skips_garbage(tmp_path, flavour):
+    DbmStore(str(tmp_path), flavour=flavour).close()
+    with dbm.open(str(tmp_path / PASSED_TABLE), "w") as db:
+        db[b"f" * 32] = b"1790000000.75"
+        db[b"g" * 32] = b"not a number"
+    store = DbmStore(str(tmp_path))
+    with store.transaction() as tx:
+        assert tx.get(PASSED_TABLE, "f" * 32) == 1790000000.75
+        assert tx.get(PASSED_TABLE, "g" * 32) is None
+        tx.set(PASSED_TABLE, "f" * 32, 1790000001)
+    assert store.purge(PASSED_TABLE, older_than=0) == 1  # the garbage goes
+    store.close()
+    assert stdlib_contents(str(tmp_path), PASSED_TABLE) == {"f" * 32: "1790000001"}
+
+
+def test_purge_removes_old_entries_only(tmp_path, flavour):
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    with store.transaction() as tx:
+        for n in range(1000):
+            tx.set(NOT_PASSED_TABLE, f"{n:032x}", 1_000 + n)
+    progress = []
+    assert store.purge(NOT_PASSED_TABLE, older_than=1_500, progress=progress.append) == 500
+    assert progress[-1] == 1000
+    with store.transaction() as tx:
+        assert tx.get(NOT_PASSED_TABLE, f"{499:032x}") is None
+        assert tx.get(NOT_PASSED_TABLE, f"{500:032x}") == 1500
+    store.close()
+    assert len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) == 500
+
+
+def test_dumb_delete_does_not_rewrite_index_until_compaction(tmp_path):
+    store = DbmStore(str(tmp_path), flavour="dbm.dumb")
+    directory = tmp_path / (NOT_PASSED_TABLE + ".dir")
+    with store.transaction() as tx:
+        for n in range(100):
+            tx.set(NOT_PASSED_TABLE, f"{n:032x}", 1_790_000_000)
+    inode = directory.stat().st_ino
+    with store.transaction() as tx:
+        tx.delete(NOT_PASSED_TABLE, f"{5:032x}")
+    assert directory.stat().st_ino == inode
+    store.compact()
+    assert directory.stat().st_ino != inode
+    assert len(directory.read_text().splitlines()) == 99
+    with store.transaction() as tx:  # the freed block is used again
+        tx.set(NOT_PASSED_TABLE, "z" * 32, 1_790_000_001)
+    size = (tmp_path / (NOT_PASSED_TABLE + ".dat")).stat().st_size
+    assert size == 99 * 512 + 10
+    store.close()
+
+
+def test_dumb_tolerates_a_torn_index_line(tmp_path):
+    store = DbmStore(str(tmp_path), flavour="dbm.dumb")
+    with store.transaction() as tx:
+        tx.set(PASSED_TABLE, "a" * 32, 1_790_000_000)
+    store.close()
+    with open(tmp_path / (PASSED_TABLE + ".dir"), "ab") as handle:
+        handle.write(b"'bbbb', (51")  # a line cut short
+    store = DbmStore(str(tmp_path))
+    with store.transaction() as tx:
+        assert tx.get(PASSED_TABLE, "a" * 32) == 1_790_000_000
+        tx.set(PASSED_TABLE, "c" * 32, 1_790_000_001)
+    store.close()
+    assert set(stdlib_contents(str(tmp_path), PASSED_TABLE)) == {"a" * 32, "c" * 32}
+
+
+def test_two_handles_see_each_others_writes(tmp_path, flavour):
+    first = DbmStore(str(tmp_path), flavour=flavour)
+    second = DbmStore(str(tmp_path))
+    for n in range(50):
+        writer, reader = (first, second) if n % 2 else (second, first)
+        with writer.transaction() as tx:
+            tx.set(NOT_PASSED_TABLE, f"{n:032x}", 1_790_000_000 + n)
+            if n:
+                tx.delete(NOT_PASSED_TABLE, f"{n - 1:032x}")
+        with reader.transaction() as tx:
+            assert tx.get(NOT_PASSED_TABLE, f"{n:032x}") == 1_790_000_000 + n
+            assert tx.get(NOT_PASSED_TABLE, f"{n - 1:032x}") is None
+    first.compact()
+    with second.transaction() as tx:
+        assert tx.get(NOT_PASSED_TABLE, f"{49:032x}") == 1_790_000_049
+    first.close()
+    second.close()
+
+
+def test_files_are_private_and_lock_symlink_refused(tmp_path, flavour):
+    DbmStore(str(tmp_path), flavour=flavour).close()
+    for name in os.listdir(tmp_path):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(tmp_path / "elsewhere", other / LOCK_NAME)
+    with pytest.raises(StoreOpenError, match="symbolic link"):
+        DbmStore(str(other), flavour=flavour)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_missing_or_unwritable_directory(tmp_path):
+    with pytest.raises(StoreOpenError, match=f"{tmp_path}/nope does not exist"):
+        DbmStore(str(tmp_path / "nope"))
+    if os.geteuid() != 0:
+        tmp_path.chmod(0o500)
+        with pytest.raises(StoreOpenError, match="not writable"):
+            DbmStore(str(tmp_path))
+
+
+def test_corrupt_file_gives_clear_error(tmp_path):
+    (tmp_path / PASSED_TABLE).write_bytes(b"\x13\x57\x9a\xce" + b"\0" * 100)
+    with pytest.raises(StoreOpenError, match=PASSED_TABLE):
+        DbmStore(str(tmp_path))
+
+
+def test_failed_operation_releases_the_lock(tmp_path, flavour):
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    table = store._tables[PASSED_TABLE]
+
+    def fail(key, value):
+        raise OSError(28, "No space left on device")
+
+    table.set = fail
+    with pytest.raises(StoreError, match="No space left"):
+        with store.transaction() as tx:
+            tx.set(PASSED_TABLE, "a" * 32, 1)
+    del table.set
+    done = threading.Event()
+
+    def other_thread():
+        with store.transaction() as tx:
+            tx.set(PASSED_TABLE, "a" * 32, 2)
+        done.set()
+
+    threading.Thread(target=other_thread, daemon=True).start()
+    assert done.wait(10), "lock leaked"
+    # And another process can take it too.
+    other = DbmStore(str(tmp_path))
+    with other.transaction() as tx:
+        assert tx.get(PASSED_TABLE, "a" * 32) == 2
+    other.close()
+    store.close()
+
+
+def test_readonly_store_does_not_write(tmp_path, flavour):
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    with store.transaction() as tx:
+        tx.set(PASSED_TABLE, "a" * 32, 5)
+    store.close()
+    before = {name: os.stat(tmp_path / name).st_mtime_ns for name in os.listdir(tmp_path)}
+    reader = DbmStore(str(tmp_path), readonly=True)
+    assert dict(reader.items(PASSED_TABLE)) == {"a" * 32: 5}
+    with pytest.raises(StoreError, match="read-only"):
+        reader.purge(PASSED_TABLE, 10)
+    reader.close()
+    after = {name: os.stat(tmp_path / name).st_mtime_ns for name in os.listdir(tmp_path)}
+    assert before == after
+
+
+def test_processes_and_threads_greylist_each_triplet_exactly_once(tmp_path, flavour):
+    """3 processes x 4 threads replay the same 200 triplets: exactly 200 greylistings."""
+    controls = tmp_path / "controls"
+    controls.mkdir()
+    paths = [
+        write_control(str(controls / f"C{n}"), f"sender{n % 17}@example.com",
+                      [f"rcpt{n}@example.net"], f"198.51.{n % 5}.{n % 250}")
+        for n in range(200)
+    ]
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    DbmStore(str(store_dir), flavour=flavour).close()
+    procs = [
+        subprocess.Popen([sys.executable, WORKERS, "replay", str(store_dir), flavour, "4", str(seed),
+                          *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in range(3)
+    ]
+    total = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        lines = out.split("\n")
+        assert lines[1] == "0", f"errors: {lines[2:]}"
+        total += int(lines[0])
+    assert total == 200
+    with dbm.open(str(store_dir / PASSED_TABLE), "r") as passed:
+        assert len(passed) == 200
+    with dbm.open(str(store_dir / NOT_PASSED_TABLE), "r") as not_passed:
+        assert len(not_passed) == 0
+
+
+@pytest.mark.parametrize("round_count", [12])
+def test_sigkill_loses_nothing_committed(tmp_path, flavour, round_count):
+    """Kill a writer mid-run again and again; every acknowledged change survives."""
+    import random
+
+    rng = random.Random(7)
+    expected: dict = {}  # key -> table it must be in
+    for round_number in range(round_count):
+        proc = subprocess.Popen([sys.executable, WORKERS, "crash_writer", str(tmp_path), flavour,
+                                 str(round_number)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        target = rng.randrange(50, 600)
+        acknowledged = 0
+        while acknowledged < target:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read().decode()
+            kind, key = line.decode().split()
+            expected[key] = PASSED_TABLE if kind == "P" else NOT_PASSED_TABLE
+            acknowledged += 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for line in proc.stdout.read().decode().splitlines():  # acknowledged before the kill landed
+            kind, key = line.split()
+            expected[key] = PASSED_TABLE if kind == "P" else NOT_PASSED_TABLE
+        proc.stdout.close()
+        proc.stderr.close()
+        # The stdlib can open both files, and nothing acknowledged is lost.
+        with dbm.open(str(tmp_path / PASSED_TABLE), "r") as passed, \
+                dbm.open(str(tmp_path / NOT_PASSED_TABLE), "r") as not_passed:
+            assert len(passed) >= 0 and len(not_passed) >= 0
+        store = DbmStore(str(tmp_path))
+        with store.transaction() as tx:
+            lost = [key for key, table in expected.items() if tx.get(table, key) is None]
+            ghosts = [key for key, table in expected.items() if table == PASSED_TABLE
+                      and tx.get(NOT_PASSED_TABLE, key) is not None]
+        store.close()
+        assert lost == [] and ghosts == [], f"round {round_number}: lost {len(lost)}, ghosts {len(ghosts)}"
+    assert len(expected) > 1000

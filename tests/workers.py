@@ -1,0 +1,78 @@
+"""Programs the tests run as separate processes (python tests/workers.py NAME ...)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from greylist.filter import GreylistFilter  # noqa: E402
+from greylist.settings import Settings  # noqa: E402
+from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE  # noqa: E402
+from greylist.stores.dbm import DbmStore  # noqa: E402
+
+
+def replay(directory: str, flavour: str, threads: int, seed: int, *control_paths: str) -> None:
+    """Each thread decides every control file once, in its own random order."""
+    settings = Settings(greylist_time=0, db_dir=directory)
+    store = DbmStore(directory, flavour=flavour)
+    greylist = GreylistFilter(settings, store, log=lambda line: None, purge="never")
+    counts = []
+    errors = []
+
+    def run(thread_seed: int) -> None:
+        order = list(control_paths)
+        random.Random(thread_seed).shuffle(order)
+        greylisted = 0
+        for path in order:
+            try:
+                reply = greylist.do_filter("", [path])
+            except BaseException as error:  # must never happen
+                errors.append(repr(error))
+                continue
+            if reply.startswith("451 4.7.1"):
+                greylisted += 1
+            elif reply != "":
+                errors.append(reply)
+        counts.append(greylisted)
+
+    workers = [threading.Thread(target=run, args=(int(seed) * 100 + n,)) for n in range(int(threads))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    store.close()
+    print(sum(counts), len(errors), *errors[:3], sep="\n", flush=True)
+
+
+def crash_writer(directory: str, flavour: str, seed: str) -> None:
+    """Write forever, acknowledging each committed change on stdout; the test kills us."""
+    store = DbmStore(directory, flavour=flavour)
+    rng = random.Random(int(seed))
+    pending = []
+    out = os.fdopen(1, "wb", buffering=0)
+    step = 0
+    now = 1_790_000_000
+    while True:
+        step += 1
+        if pending and rng.random() < 0.4:
+            key = pending.pop(rng.randrange(len(pending)))
+            with store.transaction() as tx:
+                tx.set(PASSED_TABLE, key, now + step)
+                tx.delete(NOT_PASSED_TABLE, key)
+            out.write(f"P {key}\n".encode())
+        else:
+            key = f"{rng.getrandbits(128):032x}"
+            with store.transaction() as tx:
+                tx.set(NOT_PASSED_TABLE, key, now + step)
+            pending.append(key)
+            out.write(f"N {key}\n".encode())
+        if step % 97 == 0:
+            store.compact()
+
+
+if __name__ == "__main__":
+    {"replay": replay, "crash_writer": crash_writer}[sys.argv[1]](*sys.argv[2:])
