@@ -267,8 +267,16 @@ def test_sigkill_loses_nothing_committed(tmp_path, flavour, round_count):
         store = DbmStore(str(tmp_path))
         with store.transaction() as tx:
             lost = [key for key, table in expected.items() if tx.get(table, key) is None]
+            # The change in flight when the kill landed may have committed unacknowledged:
+            # a pending key already moved to passed.
+            advanced = [key for key in lost if expected[key] == NOT_PASSED_TABLE
+                        and tx.get(PASSED_TABLE, key) is not None]
             ghosts = [key for key, table in expected.items() if table == PASSED_TABLE
                       and tx.get(NOT_PASSED_TABLE, key) is not None]
         store.close()
+        assert len(advanced) <= 1
+        for key in advanced:
+            lost.remove(key)
+            expected[key] = PASSED_TABLE
         assert lost == [] and ghosts == [], f"round {round_number}: lost {len(lost)}, ghosts {len(ghosts)}"
     assert len(expected) > 1000
