@@ -9,7 +9,7 @@ from helpers import Clock, write_control
 
 from greylist.filter import INTERNAL_FAILURE_REPLY, STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import Settings
-from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE
+from greylist.stores import NOT_PASSED_TABLE
 from greylist.stores.dbm import DbmStore
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "

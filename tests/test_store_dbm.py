@@ -280,3 +280,13 @@ def test_sigkill_loses_nothing_committed(tmp_path, flavour, round_count):
             expected[key] = PASSED_TABLE
         assert lost == [] and ghosts == [], f"round {round_number}: lost {len(lost)}, ghosts {len(ghosts)}"
     assert len(expected) > 1000
+
+
+def test_nested_use_in_one_thread_fails_instead_of_deadlocking(tmp_path):
+    store = DbmStore(str(tmp_path))
+    with store.transaction():
+        with pytest.raises(StoreError, match="already holds"):
+            list(store.items(PASSED_TABLE))
+    with store.transaction() as tx:  # and the lock is free again
+        tx.set(PASSED_TABLE, "a" * 32, 1)
+    store.close()

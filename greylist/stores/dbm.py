@@ -34,6 +34,7 @@ import dbm
 import errno
 import os
 import re
+import stat
 import struct
 import threading
 from typing import Callable, Iterator, Optional, Tuple
@@ -88,6 +89,7 @@ class StoreLock:
         self.path = path
         self.readonly = readonly
         self._thread_lock = threading.Lock()
+        self._owner: Optional[int] = None
         flags = os.O_CLOEXEC | os.O_NOFOLLOW
         flags |= os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT
         try:
@@ -103,15 +105,22 @@ class StoreLock:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():
+            # Waiting here would wait for ourselves forever.
+            raise StoreError(f"{self.path}: this thread already holds the store lock")
         with self._thread_lock:
-            if self._fd is None or fcntl is None:
-                yield
-                return
-            fcntl.flock(self._fd, fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX)
+            self._owner = threading.get_ident()
             try:
-                yield
+                if self._fd is None or fcntl is None:
+                    yield
+                    return
+                fcntl.flock(self._fd, fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._owner = None
 
     def read_header(self) -> Tuple[int, float]:
         if self._fd is None:
@@ -334,13 +343,13 @@ class _DumbTable(_Table):
         if self._dir >= 0:
             os.close(self._dir)
         self._dir = os.open(self.dir_path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND)
-        stat = os.fstat(self._dir)
-        self._dir_identity = (stat.st_dev, stat.st_ino)
+        info = os.fstat(self._dir)
+        self._dir_identity = (info.st_dev, info.st_ino)
         self.index: dict = {}
         self.index_lines = 0
-        data = os.pread(self._dir, stat.st_size, 0) if stat.st_size else b""
+        data = os.pread(self._dir, info.st_size, 0) if info.st_size else b""
         self._dir_offset = self._parse(data, self.index)
-        self._cut_torn_tail(stat.st_size)
+        self._cut_torn_tail(info.st_size)
         self._free: Optional[list] = None
         self._dat_end = os.fstat(self._dat).st_size
 
@@ -354,15 +363,15 @@ class _DumbTable(_Table):
             os.ftruncate(self._dir, self._dir_offset)
 
     def refresh(self) -> None:
-        stat = os.stat(self.dir_path)
-        if (stat.st_dev, stat.st_ino) != self._dir_identity or stat.st_size < self._dir_offset:
+        info = os.stat(self.dir_path)
+        if (info.st_dev, info.st_ino) != self._dir_identity or info.st_size < self._dir_offset:
             self._load_index()
             return
-        if stat.st_size > self._dir_offset:
-            tail = os.pread(self._dir, stat.st_size - self._dir_offset, self._dir_offset)
+        if info.st_size > self._dir_offset:
+            tail = os.pread(self._dir, info.st_size - self._dir_offset, self._dir_offset)
             added: dict = {}
             self._dir_offset += self._parse(tail, added)
-            self._cut_torn_tail(stat.st_size)
+            self._cut_torn_tail(info.st_size)
             self.index.update(added)
             if self._free is not None:
                 taken = {block for pos, size in added.values() for block in _blocks_of(pos, size)}
@@ -484,9 +493,9 @@ class _DumbTable(_Table):
                 self._parse(tail, index)
                 os.close(self._dir)
                 self._dir = os.open(self.dir_path, os.O_RDWR | os.O_APPEND)
-                stat = os.fstat(self._dir)
-                self._dir_identity = (stat.st_dev, stat.st_ino)
-                self._dir_offset = stat.st_size
+                info = os.fstat(self._dir)
+                self._dir_identity = (info.st_dev, info.st_ino)
+                self._dir_offset = info.st_size
                 self.index = index
                 self.index_lines = len(live) + tail.count(b"\n")
                 self._free = None
@@ -573,9 +582,16 @@ class DbmStore(Store):
         self.directory = directory
         self.readonly = readonly
         self._new_flavour = flavour or preferred_flavour()
-        if not os.path.isdir(directory):
+        try:
+            mode = os.stat(directory).st_mode
+        except FileNotFoundError:
             raise StoreOpenError(f"store directory {directory} does not exist "
-                                 f"(create it, owned by Courier's mail user)")
+                                 f"(create it, owned by Courier's mail user)") from None
+        except OSError as error:
+            raise StoreOpenError(f"cannot reach store directory {directory}: {error.strerror} "
+                                 f"(uid {os.geteuid()})") from None
+        if not stat.S_ISDIR(mode):
+            raise StoreOpenError(f"store directory {directory} is not a directory")
         if not readonly and not os.access(directory, os.W_OK | os.X_OK):
             raise StoreOpenError(f"store directory {directory} is not writable "
                                  f"by uid {os.geteuid()}")
