@@ -61,7 +61,12 @@ def _load(args: argparse.Namespace) -> Settings:
     if args.config and not os.path.exists(args.config):
         raise CommandError(f"{args.config}: no such configuration file")
     if args.db_dir:
-        return settings.with_db_dir(os.path.abspath(args.db_dir))
+        directory = os.path.abspath(args.db_dir)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"cannot create store directory {directory}: {error.strerror}") from None
+        return settings.with_db_dir(directory)
     if settings.db_type == "dbm" and not settings.sources:
         directory = default_db_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -174,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pythonfilter-modules.conf to read (default: the files "
                               "courier.config reads)")
         sub.add_argument("--db-dir", metavar="DIR",
-                         help="dbm store directory (overrides [ttldb] dir)")
+                         help="dbm store directory, created if missing (overrides [ttldb] dir)")
 
     check = commands.add_parser(
         "check", help="decide a message from its control files, as the filter would",

@@ -69,8 +69,13 @@ def test_errors_are_one_line_and_non_zero(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert f"{bad}: [greylist.py] greylist_time: not a literal" in result.stderr
-    missing = run("check", "--db-dir", str(tmp_path / "nope"), control)
+    config = write_config(str(tmp_path / "m.conf"), str(tmp_path / "nope"))
+    missing = run("check", "--config", config, control)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    cannot = run("check", "--db-dir", str(blocked / "sub"), control)
+    assert cannot.returncode == 1 and "cannot create store directory" in cannot.stderr
     assert run("check", "--config", str(tmp_path / "absent.conf"), control).returncode == 1
     usage = run("check")
     assert usage.returncode == 2
