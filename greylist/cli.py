@@ -18,6 +18,7 @@ from . import __version__
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
 from .stores import StoreError, open_store
+from .stores import dbm as _dbm_store  # noqa: F401  (loaded before root gives up its rights)
 
 EX_OK = 0
 EX_ERROR = 1
