@@ -123,6 +123,7 @@ class GreylistFilter:
             not_passed_ttl=settings.senders_not_passed_ttl,
         )
         self._purging = threading.Lock()
+        self._last_purge_check = float("-inf")
 
     # --- the dispatcher's call ---------------------------------------------------
 
@@ -218,8 +219,13 @@ class GreylistFilter:
     # --- purging -----------------------------------------------------------------
 
     def _maybe_purge(self, now: float) -> None:
+        # Asking the store takes its lock: ask at most once per interval
+        # (and again if the clock was stepped back).
         if self.purge_mode == "never" or self._purging.locked():
             return
+        if self._last_purge_check <= now < self._last_purge_check + self.settings.senders_purge_interval:
+            return
+        self._last_purge_check = now
         try:
             if not self.store.claim_purge(now, self.settings.senders_purge_interval):
                 return

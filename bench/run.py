@@ -1,0 +1,331 @@
+"""Benchmark: courier-pythonfilter 3.0.6's greylist module against courier-greylist.
+
+Same run, same interpreter, same generated Courier control files, same dbm
+flavour, stores pre-written directly into the files (half of the entries
+expired).  Workload: 70% messages from known triplets, 30% new.  For each
+store size and flavour it measures, for both modules:
+
+* decisions/s and p50/p99/max latency with 1 thread, 4 threads, and 2
+  processes on one store (purge held off, as between two purges);
+* the first call after start with the purge due (the reference purges inside
+  it), how long the purge takes, the longest wait of a decision made while
+  the purge runs, and the peak RSS of the process.
+
+    python bench/run.py            # the full run, a few minutes
+    python bench/run.py --quick    # tiny sizes, seconds (the test suite runs this)
+
+Run it with an interpreter that has dbm.gnu (Debian: /usr/bin/python3 with
+python3-gdbm) to get the gdbm rows; dbm.dumb rows are always there.  Runs of
+the reference that would take hours are capped and reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from greylist.triplet import client_network, parse_client_ip, triplet_key  # noqa: E402
+
+DAY = 86400
+PASSED_TTL = 36 * DAY
+NOT_PASSED_TTL = DAY
+
+
+# --- the workload --------------------------------------------------------------------
+
+
+def triplet(i: int):
+    """Sender, recipient and client IP of pre-written triplet number i."""
+    return (f"s{i}@bench.example", f"r{i}@bench.example",
+            f"198.18.{(i >> 8) & 255}.{i & 255}" if i < 65536 else f"198.19.{(i >> 16) & 255}.{(i >> 8) & 255}")
+
+
+def key_of(i: int) -> str:
+    sender, recipient, ip = triplet(i)
+    return triplet_key(sender, recipient, client_network(parse_client_ip(ip)))
+
+
+def state_of(i: int, now: float, rng: random.Random):
+    """Which store entry i goes in, and its time: a fifth pending, half expired."""
+    table = "greylist_NotPassed" if i % 5 == 0 else "greylist_Passed"
+    ttl = NOT_PASSED_TTL if table == "greylist_NotPassed" else PASSED_TTL
+    stamp = now - ttl - 3600 - rng.random() * DAY if i % 2 else now - rng.random() * ttl / 2
+    return table, int(stamp)
+
+
+def prewrite(directory: str, flavour: str, size: int) -> None:
+    """Write ``size`` entries straight into the store files of the given flavour."""
+    now, rng = time.time(), random.Random(size)
+    if flavour == "dbm.gnu":
+        import dbm.gnu
+
+        dbs = {t: dbm.gnu.open(os.path.join(directory, t), "nf", 0o600)
+               for t in ("greylist_Passed", "greylist_NotPassed")}
+        for i in range(size):
+            table, stamp = state_of(i, now, rng)
+            dbs[table][key_of(i)] = str(stamp)
+        for db in dbs.values():
+            db.close()
+        return
+    files = {}
+    for table in ("greylist_Passed", "greylist_NotPassed"):
+        files[table] = (open(os.path.join(directory, table + ".dat"), "wb"),
+                        open(os.path.join(directory, table + ".dir"), "w", encoding="latin-1"), [0])
+    for i in range(size):
+        table, stamp = state_of(i, now, rng)
+        dat, index, count = files[table]
+        pos = count[0] * 512
+        dat.seek(pos)
+        dat.write(str(stamp).encode())
+        index.write(f"{key_of(i)!r}, ({pos}, 10)\n")
+        count[0] += 1
+    for dat, index, _ in files.values():
+        dat.close()
+        index.close()
+
+
+def write_controls(directory: str, count: int, size: int) -> list:
+    """Control files: 70% a fresh known triplet of the store (or a repeat), 30% new."""
+    rng = random.Random(1)
+    known = [i for i in range(size) if i % 2 == 0 and i % 5 != 0]
+    paths, news = [], []
+    for n in range(count):
+        if rng.random() < 0.7 and (known or news):
+            sender, recipient, ip = triplet(rng.choice(known)) if known else rng.choice(news)
+        else:
+            sender, recipient, ip = (f"new{n}@fresh.example", f"user{n % 97}@bench.example",
+                                     f"203.0.{n % 250}.{n % 199}")
+            news.append((sender, recipient, ip))
+        path = os.path.join(directory, f"C{n}")
+        with open(path, "w") as handle:
+            handle.write(f"uesmtp\ns{sender}\nfdns; mx (mx [{ip}])\nOTCPREMOTEIP={ip}\n"
+                         f"M{n:016X}\nr{recipient}\nRrfc822;{recipient}\nN\n")
+        paths.append(path)
+    return paths
+
+
+# --- one measured process ------------------------------------------------------------
+
+
+def _load(impl: str, config: str, purge: bool):
+    """The filter function of one implementation, initialised on ``config``."""
+    if impl == "reference":
+        import courier.config
+
+        courier.config._standard_config_paths = [config]
+        from pythonfilter import greylist as reference
+
+        reference.init_filter()
+        if not purge:
+            for db in (reference._senders_passed, reference._senders_not_passed):
+                db.last_purged = time.time()
+        return reference.do_filter, None
+    import greylist
+
+    greylist.initFilter(config_paths=[config])
+    the_filter = greylist._filter
+    if not purge:
+        the_filter.purge_mode = "never"
+    window = {}
+    original = the_filter.purge
+
+    def timed_purge(now):
+        window["start"] = time.perf_counter()
+        try:
+            return original(now)
+        finally:
+            window["end"] = time.perf_counter()
+
+    the_filter.purge = timed_purge
+    return greylist.doFilter, window
+
+
+def worker(spec: dict) -> dict:
+    sys.stderr = open(os.devnull, "w")  # the decision log lines cost a write each, as in Courier
+    started = time.perf_counter()
+    do_filter, window = _load(spec["impl"], spec["config"], spec["purge"])
+    opened = time.perf_counter() - started
+    paths = spec["paths"]
+    threads = spec["threads"]
+    deadline = time.perf_counter() + spec["seconds"]
+    samples = [[] for _ in range(threads)]  # (start, latency)
+    first = {}
+
+    def run(n: int) -> None:
+        mine = paths[n::threads]
+        for index, path in enumerate(mine):
+            t0 = time.perf_counter()
+            do_filter("", [path])
+            t1 = time.perf_counter()
+            if n == 0 and index == 0:
+                first["latency"] = t1 - t0
+            samples[n].append((t0, t1 - t0))
+            if t1 > deadline:
+                break
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    # Let our background purge finish, to report its duration.
+    while window is not None and "start" in window and "end" not in window:
+        time.sleep(0.01)
+    latencies = sorted(lat for per in samples for _, lat in per)
+    result = {
+        "decisions": len(latencies), "elapsed": elapsed, "open": opened,
+        "first": first.get("latency"),
+        "p50": latencies[len(latencies) // 2] if latencies else None,
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
+        "max": latencies[-1] if latencies else None,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if window is not None and "start" in window:
+        result["purge"] = window["end"] - window["start"]
+        during = [lat for per in samples for t0, lat in per
+                  if t0 + lat > window["start"] and t0 < window["end"]]
+        result["stall"] = max(during) if during else 0.0
+    elif spec["impl"] == "reference" and spec["purge"]:
+        result["purge"] = result["stall"] = first.get("latency")
+    return result
+
+
+# --- the orchestra -------------------------------------------------------------------
+
+
+def _config(path: str, store: str) -> str:
+    with open(path, "w") as handle:
+        handle.write(f"[greylist.py]\ngreylist_time = 300\n[ttldb]\ntype = 'dbm'\ndir = {store!r}\n")
+    return path
+
+
+def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
+    store = os.path.join(work, "store")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(template, store)
+    config = _config(os.path.join(work, "bench.conf"), store)
+    processes = 2 if mode == "2 processes" else 1
+    threads = 4 if mode == "4 threads" else 1
+    purge = mode == "purge"
+    specs = [dict(impl=impl, config=config, paths=paths[n::processes], threads=threads,
+                  seconds=seconds, purge=purge) for n in range(processes)]
+    procs = []
+    for spec in specs:
+        spec_path = os.path.join(work, f"spec{len(procs)}.json")
+        with open(spec_path, "w") as handle:
+            json.dump(spec, handle)
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", spec_path],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=cap)
+            if proc.returncode != 0:
+                last = (err.strip().splitlines() or ["?"])[-1]
+                return {"failed": last[:90]}
+            results.append(json.loads(out))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        return {"failed": f"capped: no result within {cap} s"}
+    merged = dict(results[0])
+    if processes > 1:
+        merged["decisions"] = sum(r["decisions"] for r in results)
+        merged["elapsed"] = max(r["elapsed"] for r in results)
+        for k in ("p50", "p99", "max"):
+            merged[k] = max(r[k] for r in results if r[k] is not None)
+    merged["rate"] = merged["decisions"] / merged["elapsed"] if merged["elapsed"] else 0
+    return merged
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def _ratio(ours, ref) -> str:
+    if not ours or not ref:
+        return "-"
+    return f"{ours / ref:.1f}x"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", help="comma-separated store sizes (default 0,10000,100000,1000000)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time box of each measurement")
+    parser.add_argument("--cap", type=float, default=40.0, help="give up a run after this many seconds")
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.worker) as handle:
+            print(json.dumps(worker(json.load(handle))))
+        return 0
+
+    try:
+        import dbm.gnu  # noqa: F401
+        flavours = ["dbm.gnu", "dbm.dumb"]
+    except ImportError:
+        flavours = ["dbm.dumb"]
+    if args.quick:
+        sizes, seconds, count, cap = [0, 200], 0.3, 300, 30.0
+    else:
+        sizes = [int(s) for s in (args.sizes or "0,10000,100000,1000000").split(",")]
+        seconds, count, cap = args.seconds, 30000, args.cap
+    modes = ["1 thread", "4 threads", "2 processes", "purge"]
+    print(f"python {sys.version.split()[0]} ({sys.executable}); flavours {', '.join(flavours)}; "
+          f"{os.cpu_count()} cores; {seconds} s per measurement")
+    work = tempfile.mkdtemp(prefix="greylist-bench-")
+    try:
+        controls = os.path.join(work, "controls")
+        for flavour in flavours:
+            for size in sizes:
+                if flavour == "dbm.dumb" and size > 100000:
+                    print(f"\n{flavour}, {size:,} triplets: skipped (dbm.dumb is measured to 100k)")
+                    continue
+                template = os.path.join(work, "template")
+                shutil.rmtree(template, ignore_errors=True)
+                os.mkdir(template)
+                t0 = time.perf_counter()
+                prewrite(template, flavour, size)
+                shutil.rmtree(controls, ignore_errors=True)
+                os.mkdir(controls)
+                paths = write_controls(controls, count, size)
+                print(f"\n{flavour}, {size:,} triplets (pre-written in {time.perf_counter() - t0:.1f} s)")
+                print(f"{'mode':<12} {'impl':<10} {'dec/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
+                      f"{'max ms':>8} {'1st ms':>9} {'purge s':>8} {'stall ms':>9} {'RSS MB':>7}")
+                for mode in modes:
+                    rows = {}
+                    for impl in ("reference", "ours"):
+                        rows[impl] = measure(impl, template, work, paths, mode, seconds, cap)
+                    for impl, r in rows.items():
+                        if "failed" in r:
+                            print(f"{mode:<12} {impl:<10} {r['failed']}")
+                            continue
+                        ratio = _ratio(r["rate"], rows["reference"].get("rate")) if impl == "ours" else ""
+                        purge = f"{r['purge']:.2f}" if r.get("purge") is not None else "-"
+                        print(f"{mode:<12} {impl:<10} {r['rate']:>9.0f} {ratio:>7} {_ms(r['p50']):>8} "
+                              f"{_ms(r['p99']):>8} {_ms(r['max']):>8} {_ms(r['first']):>9} {purge:>8} "
+                              f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
