@@ -18,6 +18,7 @@ reference's for every input.  Bad records are skipped, never raised on.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -48,26 +49,11 @@ class Envelope:
     skipped_status_records: int = 0
 
 
-def _recipients_of_file(lines: Sequence[bytes], envelope: Envelope) -> list:
-    """Undelivered recipients of one control file, in file order."""
-    recipients: list = []  # [address, delivered]
-    address = ""
-    finished: list = []
-    for line in lines:
-        key = line[:1]
-        if key == b"r":
-            address = decode_value(line[1:])
-        elif key == b"N":
-            # Like courier.control: a record with an empty address gets no number.
-            if address:
-                recipients.append([address, False])
-            address = ""
-        elif key in (b"S", b"F"):
-            finished.append(line)
-    for line in finished:
-        number_text = line[1:].split(b" ", 1)[0]
+def _mark_finished(recipients: list, status_lines: list, envelope: Envelope) -> None:
+    """Apply ``S``/``F`` records (``S<n> ...``) to this file's recipients."""
+    for line in status_lines:
         try:
-            number = int(number_text)
+            number = int(line[1:].split(b" ", 1)[0])
         except ValueError:
             envelope.skipped_status_records += 1
             continue
@@ -75,7 +61,20 @@ def _recipients_of_file(lines: Sequence[bytes], envelope: Envelope) -> list:
             recipients[number][1] = True
         else:
             envelope.skipped_status_records += 1
-    return [address for address, delivered in recipients if not delivered]
+
+
+def _read_file(path: str) -> bytes:
+    """The whole file, with as few system calls as it takes (one, for a control file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            chunks.append(chunk)
+            if len(chunk) < 65536:  # a short read of a regular file is its end
+                return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_envelope(control_paths: Sequence[str]) -> Envelope:
@@ -87,13 +86,24 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
     envelope = Envelope()
     for path in control_paths:
         try:
-            with open(path, "rb") as control_file:
-                lines = control_file.read().split(b"\n")
+            data = _read_file(path)
         except (OSError, ValueError, TypeError) as error:
             raise EnvelopeError(f"cannot read control file {path!r}: {error}") from None
-        for line in lines:
+        recipients: list = []  # [address, delivered], numbered per file
+        status_lines: list = []
+        address = ""
+        for line in data.split(b"\n"):
             key = line[:1]
-            if key == b"s":
+            if key == b"r":
+                address = decode_value(line[1:])
+            elif key == b"N":
+                # Like courier.control: a record with an empty address gets no number.
+                if address:
+                    recipients.append([address, False])
+                address = ""
+            elif key == b"S" or key == b"F":
+                status_lines.append(line)
+            elif key == b"s":
                 if envelope.sender is None:
                     envelope.sender = decode_value(line[1:])
             elif key == b"O":
@@ -107,5 +117,7 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             elif key == b"i":
                 if envelope.auth_user is None:
                     envelope.auth_user = decode_value(line[1:])
-        envelope.recipients.extend(_recipients_of_file(lines, envelope))
+        if status_lines:
+            _mark_finished(recipients, status_lines, envelope)
+        envelope.recipients.extend(address for address, delivered in recipients if not delivered)
     return envelope

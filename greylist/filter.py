@@ -51,6 +51,8 @@ def log_safe(value: object, limit: int = 200) -> str:
     text = str(value)
     if len(text) > limit:
         text = text[:limit] + "..."
+    if text.isprintable() and " " not in text:
+        return text
     return "".join(ch if ch.isprintable() and ch != " " else f"\\x{ord(ch):02x}" for ch in text)
 
 

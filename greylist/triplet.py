@@ -7,6 +7,7 @@ working here and the other way round.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from typing import Union
@@ -18,6 +19,7 @@ class InvalidClientAddress(ValueError):
     """The client address from the control file is not an IP address."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_client_ip(text: str) -> IPAddress:
     """Parse the address Courier recorded for the client.
 
@@ -47,6 +49,11 @@ def client_network(address: IPAddress, ipv4_prefix: int = 24, ipv6_prefix: int =
     exploded IPv6 address (``2001:0db8:0001``).  Other prefixes give the
     network in CIDR notation, which cannot collide with the default form.
     """
+    return _client_network(address, ipv4_prefix, ipv6_prefix)
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_network(address: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     if isinstance(address, ipaddress.IPv4Address):
         if ipv4_prefix == 24:
             exploded = address.exploded

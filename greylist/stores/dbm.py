@@ -32,11 +32,13 @@ import ast
 import contextlib
 import dbm
 import errno
+import mmap
 import os
 import re
 import stat
 import struct
 import threading
+import time
 from typing import Callable, Iterator, Optional, Tuple
 
 from . import (
@@ -53,6 +55,7 @@ LOCK_NAME = "greylist.lock"
 _HEADER = struct.Struct("<Qd")  # generation, time of the last purge
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
+_PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
 
 try:
     import fcntl
@@ -103,38 +106,82 @@ class StoreLock:
                 raise StoreOpenError(f"refusing lock file {path}: it is a symbolic link") from None
             raise StoreOpenError(f"cannot open lock file {path}: {error.strerror}") from None
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+        self._header: Optional[mmap.mmap] = None
+        self.waiting = 0  # threads of this process waiting for the lock
+
+    def let_others_in(self) -> None:
+        """Between two slices of a long job: let waiting messages go first.
+
+        Neither a thread lock nor flock is fair; without this pause, a purge
+        that releases and retakes the lock in a loop can starve mail.
+        """
+        deadline = time.monotonic() + 0.05
+        time.sleep(_PAUSE)
+        while self.waiting and time.monotonic() < deadline:
+            time.sleep(_PAUSE)
+
+    def acquire(self) -> None:
+        """Take the lock: first among this process's threads, then among processes."""
         if self._owner == threading.get_ident():
             # Waiting here would wait for ourselves forever.
             raise StoreError(f"{self.path}: this thread already holds the store lock")
-        with self._thread_lock:
-            self._owner = threading.get_ident()
+        if not self._thread_lock.acquire(blocking=False):
+            self.waiting += 1
             try:
-                if self._fd is None or fcntl is None:
-                    yield
-                    return
-                fcntl.flock(self._fd, fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._thread_lock.acquire()
             finally:
-                self._owner = None
+                self.waiting -= 1
+        try:
+            if self._fd is not None and fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        try:
+            if self._fd is not None and fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def _map_header(self) -> Optional[mmap.mmap]:
+        # The header is read and written through a shared mapping: no system
+        # call, so the lock holder never gives up the GIL for it.
+        if self._header is None and self._fd is not None:
+            if os.fstat(self._fd).st_size < _HEADER.size:
+                if self.readonly:
+                    return None
+                os.ftruncate(self._fd, _HEADER.size)  # only ever grows it: safe at any time
+            access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
+            self._header = mmap.mmap(self._fd, _HEADER.size, access=access)
+        return self._header
 
     def read_header(self) -> Tuple[int, float]:
-        if self._fd is None:
+        header = self._header or self._map_header()
+        if header is None:
             return 0, 0.0
-        data = os.pread(self._fd, _HEADER.size, 0)
-        if len(data) < _HEADER.size:
-            return 0, 0.0
-        return _HEADER.unpack(data)
+        return _HEADER.unpack_from(header, 0)
 
     def write_header(self, generation: int, last_purge: float) -> None:
-        if self._fd is not None and not self.readonly:
-            os.pwrite(self._fd, _HEADER.pack(generation, last_purge), 0)
+        header = self._header or self._map_header()
+        if header is not None and not self.readonly:
+            _HEADER.pack_into(header, 0, generation, last_purge)
 
     def close(self) -> None:
+        if self._header is not None:
+            self._header.close()
+            self._header = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -554,9 +601,29 @@ def _fsync_directory(path: str) -> None:
 
 
 class _DbmTransaction(Transaction):
+    """One message's reads and writes; a context manager holding the store lock."""
+
+    __slots__ = ("_store", "_tables")
+
     def __init__(self, store: DbmStore) -> None:
         self._store = store
         self._tables = store._tables
+
+    def __enter__(self) -> _DbmTransaction:
+        try:
+            self._store._enter()
+        except OSError as error:
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self._store._exit()
+        except OSError as exit_error:
+            if error is None:
+                raise StoreError(f"store in {self._store.directory}: {exit_error}") from exit_error
+        if isinstance(error, OSError):
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
 
     def get(self, table: str, key: str) -> Optional[float]:
         return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
@@ -630,10 +697,10 @@ class DbmStore(Store):
             return _DumbTable(base, self.readonly)
         return _GenericTable(base, self.readonly, flavour)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the lock with every table current; bump the generation after writes."""
-        with self._lock.held():
+    def _enter(self) -> None:
+        """Take the lock and make every table current (another process may have written)."""
+        self._lock.acquire()
+        try:
             generation = self._lock.read_header()[0]
             if generation != self._generation:
                 for table in self._tables.values():
@@ -642,11 +709,25 @@ class DbmStore(Store):
             self._wrote = False
             for table in self._tables.values():
                 table.begin()
-            try:
-                yield
-            finally:
-                for table in self._tables.values():
-                    table.end()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _exit(self) -> None:
+        try:
+            for table in self._tables.values():
+                table.end()
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lock with every table current (for purges and compactions)."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._exit()
 
     def note_write(self) -> None:
         """Called before the first write of a lock hold: tell other processes."""
@@ -656,13 +737,8 @@ class DbmStore(Store):
             self._generation = generation + 1
             self._lock.write_header(self._generation, last_purge)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        try:
-            with self.locked():
-                yield _DbmTransaction(self)
-        except OSError as error:
-            raise StoreError(f"store in {self.directory}: {error}") from error
+    def transaction(self) -> _DbmTransaction:
+        return _DbmTransaction(self)
 
     def claim_purge(self, now: float, interval: float) -> bool:
         if self.readonly:
@@ -706,6 +782,7 @@ class DbmStore(Store):
                     examined += len(batch)
                 if progress is not None:
                     progress(examined)
+                self._lock.let_others_in()
             for chunk in candidates.chunks(_BATCH):
                 with self.locked():
                     db = self._tables[table]
@@ -715,6 +792,7 @@ class DbmStore(Store):
                             self.note_write()
                             db.delete(key)
                             removed += 1
+                self._lock.let_others_in()
             self._tables[table].compact(self)
         except OSError as error:
             raise StoreError(f"purge of {table} in {self.directory}: {error}") from error

@@ -1,0 +1,18 @@
+"""The benchmark must not rot: a tiny run of it, with no timing assertion."""
+
+import os
+import subprocess
+import sys
+
+from helpers import REPO
+
+
+def test_benchmark_smoke_run():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--quick",
+                             "--flavours", "dbm.dumb"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ours = [line for line in lines if line.split()[2:3] == ["ours"] or " ours " in line]
+    assert len(ours) == 8, result.stdout  # 2 sizes x 4 modes
+    assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
+    assert any("x " in line for line in ours)  # a ratio against the reference was printed
