@@ -287,9 +287,12 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
 
-def _ratio(ours, ref) -> str:
-    if not ours or not ref:
+def _ratio(ours: dict, ref: dict) -> str:
+    # A reference run that made a handful of decisions in its time box (its purge
+    # took the time) gives no meaningful rate to compare with.
+    if not ours.get("rate") or not ref.get("rate") or ref.get("decisions", 0) < 5:
         return "-"
+    ours, ref = ours["rate"], ref["rate"]
     return f"{ours / ref:.1f}x"
 
 
@@ -359,7 +362,7 @@ def main() -> int:
                         if "failed" in r:
                             print(f"{mode:<12} {impl:<10} {r['failed']}")
                             continue
-                        ratio = _ratio(r["rate"], rows["reference"].get("rate")) if impl == "ours" else ""
+                        ratio = _ratio(r, rows["reference"]) if impl == "ours" else ""
                         purge = f"{r['purge']:.2f}" if r.get("purge") is not None else "-"
                         print(f"{mode:<12} {impl:<10} {r['rate']:>9.0f} {ratio:>7} {_ms(r['p50']):>8} "
                               f"{_ms(r['p99']):>8} {_ms(r['max']):>8} {_ms(r['first']):>9} {purge:>8} "

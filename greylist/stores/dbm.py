@@ -343,12 +343,29 @@ def _blocks_of(pos: int, size: int) -> range:
     return range(pos // _BLOCK, (pos + size + _BLOCK - 1) // _BLOCK)
 
 
+def _free_blocks(entries, dat_end: int) -> set:
+    """Blocks of a .dat file of ``dat_end`` bytes that no (pos, size) entry uses."""
+    free = set(range((dat_end + _BLOCK - 1) // _BLOCK))
+    for pos, size in entries:
+        if size <= _BLOCK and pos % _BLOCK == 0:
+            free.discard(pos // _BLOCK)
+        else:
+            free.difference_update(_blocks_of(pos, size))
+    return free
+
+
 class _DumbTable(_Table):
     """dbm.dumb's format (``.dat`` values, ``.dir`` index lines), written safely."""
 
     flavour = "dbm.dumb"
 
-    def __init__(self, base: str, readonly: bool) -> None:
+    def __init__(self, base: str, readonly: bool, locked: bool = True) -> None:
+        """Open (creating if missing) and read the index.
+
+        With ``locked`` false the caller does not hold the store lock: the
+        index is still read safely (it is only appended to, or replaced by a
+        rename), but a torn last line is left for ``refresh()`` under the lock.
+        """
         super().__init__(base, readonly)
         self.dat_path = base + ".dat"
         self.dir_path = base + ".dir"
@@ -359,7 +376,7 @@ class _DumbTable(_Table):
                     os.close(fd)
             self._dat = os.open(self.dat_path, os.O_RDONLY if readonly else os.O_RDWR)
             self._dir = -1
-            self._load_index()
+            self._load_index(cut_torn_tail=locked)
         except OSError as error:
             raise StoreOpenError(f"cannot open dbm.dumb files {base}.dat/.dir: "
                                  f"{error.strerror}") from None
@@ -386,7 +403,7 @@ class _DumbTable(_Table):
         self.index_lines += lines
         return end
 
-    def _load_index(self) -> None:
+    def _load_index(self, cut_torn_tail: bool = True) -> None:
         if self._dir >= 0:
             os.close(self._dir)
         self._dir = os.open(self.dir_path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND)
@@ -396,9 +413,10 @@ class _DumbTable(_Table):
         self.index_lines = 0
         data = os.pread(self._dir, info.st_size, 0) if info.st_size else b""
         self._dir_offset = self._parse(data, self.index)
-        self._cut_torn_tail(info.st_size)
-        self._free: Optional[list] = None
+        if cut_torn_tail:
+            self._cut_torn_tail(info.st_size)
         self._dat_end = os.fstat(self._dat).st_size
+        self._free: Optional[set] = None  # blocks of .dat no entry uses; found when first needed
 
     def _cut_torn_tail(self, size: int) -> None:
         """Drop a last index line without its newline: a writer died mid-line.
@@ -420,9 +438,9 @@ class _DumbTable(_Table):
             self._dir_offset += self._parse(tail, added)
             self._cut_torn_tail(info.st_size)
             self.index.update(added)
-            if self._free is not None:
-                taken = {block for pos, size in added.values() for block in _blocks_of(pos, size)}
-                self._free = [block for block in self._free if block not in taken]
+            if self._free:
+                for pos, size in added.values():
+                    self._free.difference_update(_blocks_of(pos, size))
         self._dat_end = os.fstat(self._dat).st_size
 
     def _append_index_line(self, key: bytes, pos: int, size: int) -> None:
@@ -436,11 +454,7 @@ class _DumbTable(_Table):
 
     def _allocate(self, size: int) -> int:
         if self._free is None:
-            used = set()
-            for pos, length in self.index.values():
-                used.update(_blocks_of(pos, length))
-            self._free = [b for b in range((self._dat_end + _BLOCK - 1) // _BLOCK) if b not in used]
-            self._free.reverse()  # pop() hands out the lowest block first
+            self._free = _free_blocks(self.index.values(), self._dat_end)
         if size <= _BLOCK and self._free:
             return self._free.pop() * _BLOCK
         pos = (self._dat_end + _BLOCK - 1) // _BLOCK * _BLOCK
@@ -510,11 +524,12 @@ class _DumbTable(_Table):
         point leaves the old index or the new one, both complete.
         """
         with store.locked():
-            identity, offset = self._dir_identity, self._dir_offset
+            identity, offset, dat_end = self._dir_identity, self._dir_offset, self._dat_end
             snapshot = list(self.index.items())
         live = [(key, entry) for key, entry in snapshot if not self._is_tombstone(self._read(*entry))]
         if len(live) == len(snapshot) and self.index_lines == len(snapshot):
             return
+        free = _free_blocks((entry for _, entry in live), dat_end)
         temporary = self.dir_path + ".compact"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, _FILE_MODE)
         try:
@@ -537,7 +552,11 @@ class _DumbTable(_Table):
                 os.rename(temporary, self.dir_path)
                 _fsync_directory(os.path.dirname(self.dir_path) or ".")
                 index = dict(live)
-                self._parse(tail, index)
+                added: dict = {}
+                self._parse(tail, added)
+                index.update(added)
+                for pos, size in added.values():  # taken since the snapshot
+                    free.difference_update(_blocks_of(pos, size))
                 os.close(self._dir)
                 self._dir = os.open(self.dir_path, os.O_RDWR | os.O_APPEND)
                 info = os.fstat(self._dir)
@@ -545,7 +564,7 @@ class _DumbTable(_Table):
                 self._dir_offset = info.st_size
                 self.index = index
                 self.index_lines = len(live) + tail.count(b"\n")
-                self._free = None
+                self._free = free
                 store.note_write()
         finally:
             os.close(fd)
@@ -667,9 +686,18 @@ class DbmStore(Store):
         self._generation = -1
         self._wrote = False
         try:
+            # A large dbm.dumb index is read before taking the lock, so that a
+            # second process starting up does not hold up the mail of the first.
+            for name in TABLES:
+                base = os.path.join(directory, name)
+                if dbm.whichdb(base) == "dbm.dumb":
+                    self._tables[name] = _DumbTable(base, readonly, locked=False)
             with self._lock.held():
                 for name in TABLES:
-                    self._tables[name] = self._open_table(os.path.join(directory, name))
+                    if name in self._tables:
+                        self._tables[name].refresh()  # what was written meanwhile; a torn line
+                    else:
+                        self._tables[name] = self._open_table(os.path.join(directory, name))
                 self._generation = self._lock.read_header()[0]
         except OSError as error:
             self.close()
