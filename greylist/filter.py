@@ -207,6 +207,7 @@ class GreylistFilter:
 
     def _decide_in_store(self, keys: Sequence[str], now: float) -> policy.Decision:
         with self.store.transaction() as tx:
+            tx.lock_and_load(keys)
             stored = {
                 key: policy.StoredState(
                     not_passed=tx.get(NOT_PASSED_TABLE, key),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import configparser
 import operator
-import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -48,6 +47,7 @@ class Settings:
     db_name: Optional[str] = None
     db_user: Optional[str] = None
     db_password: Optional[str] = field(default=None, repr=False)
+    db_timeout: float = 5.0
     sources: tuple = ()
 
     def with_db_dir(self, path: str) -> Settings:
@@ -188,8 +188,8 @@ def _port(value: Any) -> int:
 
 def _db_type(value: Any) -> str:
     value = _choice("dbm", "psycopg2", "postgresql", "pg", "mysql")(value)
-    if value != "dbm":
-        raise ValueError(f"store type {value!r} is not supported yet; use 'dbm'")
+    if value == "mysql":
+        raise ValueError("store type 'mysql' is not supported; use 'dbm' or 'psycopg2' (PostgreSQL)")
     return value
 
 
@@ -219,6 +219,7 @@ _TTLDB_KEYS: dict = {
     "db": ("db_name", _text),
     "user": ("db_user", _text),
     "password": ("db_password", lambda v: v if isinstance(v, str) else _text(v)),
+    "timeout": ("db_timeout", _positive_duration),
 }
 _SECTIONS = {GREYLIST_SECTION: _GREYLIST_KEYS, TTLDB_SECTION: _TTLDB_KEYS}
 
@@ -288,5 +289,3 @@ def settings_from_mapping(mapping: Mapping[str, Any], base: Optional[Settings] =
     return replace(base or Settings(), **dict(mapping))
 
 
-def config_dir_hint() -> str:
-    return os.pathsep.join(standard_config_paths())

@@ -10,15 +10,24 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from greylist.filter import GreylistFilter  # noqa: E402
-from greylist.settings import Settings  # noqa: E402
-from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE  # noqa: E402
+from greylist.settings import Settings, load_settings  # noqa: E402
+from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, open_store  # noqa: E402
 from greylist.stores.dbm import DbmStore  # noqa: E402
 
 
 def replay(directory: str, flavour: str, threads: int, seed: int, *control_paths: str) -> None:
     """Each thread decides every control file once, in its own random order."""
     settings = Settings(greylist_time=0, db_dir=directory)
-    store = DbmStore(directory, flavour=flavour)
+    _replay(settings, DbmStore(directory, flavour=flavour), threads, seed, control_paths)
+
+
+def replay_config(config: str, threads: int, seed: int, *control_paths: str) -> None:
+    """The same, on the store a configuration file names (PostgreSQL)."""
+    settings = load_settings([config])
+    _replay(settings, open_store(settings), threads, seed, control_paths)
+
+
+def _replay(settings, store, threads, seed, control_paths) -> None:
     greylist = GreylistFilter(settings, store, log=lambda line: None, purge="never")
     counts = []
     errors = []
@@ -75,4 +84,5 @@ def crash_writer(directory: str, flavour: str, seed: str) -> None:
 
 
 if __name__ == "__main__":
-    {"replay": replay, "crash_writer": crash_writer}[sys.argv[1]](*sys.argv[2:])
+    {"replay": replay, "replay_config": replay_config,
+     "crash_writer": crash_writer}[sys.argv[1]](*sys.argv[2:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 PASSED_TABLE = "greylist_Passed"
 NOT_PASSED_TABLE = "greylist_NotPassed"
 TABLES = (PASSED_TABLE, NOT_PASSED_TABLE)
+# [ttldb] type values meaning PostgreSQL: the reference's driver names, and ours.
+POSTGRES_TYPES = ("psycopg2", "pg", "postgresql")
 
 
 class StoreError(Exception):
@@ -53,6 +55,13 @@ def format_timestamp(timestamp: int) -> bytes:
 
 class Transaction(abc.ABC):
     """Reads and writes of one message, atomic with respect to other users."""
+
+    def lock_and_load(self, keys: Sequence[str]) -> None:  # noqa: B027 (a no-op unless needed)
+        """Announce the keys this transaction will use, before any get.
+
+        A store that locks per key (PostgreSQL) locks them all here, in an
+        order that cannot deadlock, and reads them in one go.
+        """
 
     @abc.abstractmethod
     def get(self, table: str, key: str) -> Optional[float]:
@@ -108,4 +117,9 @@ def open_store(settings: Settings, readonly: bool = False) -> Store:
         from .dbm import DbmStore
 
         return DbmStore(settings.db_dir, readonly=readonly)
+    if settings.db_type in POSTGRES_TYPES:
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
+                             settings.db_password, timeout=settings.db_timeout, readonly=readonly)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

@@ -1,0 +1,264 @@
+"""The shared store for several MX hosts: PostgreSQL, through psycopg 3.
+
+Tables are the reference's (courier-pythonfilter's ``ttldb`` SQL store):
+``greylist_Passed`` and ``greylist_NotPassed``, each ``id CHAR(64) PRIMARY
+KEY, value BIGINT``, so that tables it created keep working here and the
+other way round.
+
+Race-free across hosts by the database's own means: a message's transaction
+first takes a transaction-scoped advisory lock for each of its triplets (in
+a fixed order, so two messages never wait for each other in a circle), then
+reads, decides and writes with upserts, and commits.  Two hosts deciding the
+same triplet at once therefore take turns, and only one of them sees it new.
+
+Each thread of the dispatcher has its own connection.  A connection found
+broken (the server restarted, the network dropped) is replaced, and a
+transaction that failed before writing anything is tried once more on the
+new connection.  Every statement is bounded by ``timeout`` seconds, as is
+connecting, so an outage never holds mail longer than that.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+from . import TABLES, Store, StoreError, StoreOpenError, Transaction
+
+_PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
+_PURGE_BATCH = 1000
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreOpenError("the PostgreSQL store needs psycopg 3: "
+                             "pip install 'courier-greylist[postgres]'") from None
+    return psycopg
+
+
+class _PgTransaction(Transaction):
+    """One message: advisory locks on its triplets, reads, then upserts and commit.
+
+    Two round trips to the server: the locks and the reads go together, as do
+    the writes and the commit.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._conn = None
+        self._cache: dict = {}
+        self._writes: list = []
+
+    def __enter__(self) -> _PgTransaction:
+        self._conn = self._store._connection()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        psycopg = self._store._psycopg
+        conn = self._conn
+        try:
+            if error is None:
+                with conn.pipeline():
+                    for statement, params in self._writes:
+                        conn.execute(statement, params, prepare=True)
+                    conn.commit()
+            else:
+                conn.rollback()
+        except psycopg.Error as exit_error:
+            self._store._forget(conn)
+            if error is None:
+                raise StoreError(f"PostgreSQL: {exit_error}".strip()) from exit_error
+        if isinstance(error, psycopg.Error):
+            self._store._forget(conn)
+            raise StoreError(f"PostgreSQL: {error}".strip()) from error
+
+    def lock_and_load(self, keys: Sequence[str]) -> None:
+        """Take the triplets' advisory locks, then read them."""
+        psycopg = self._store._psycopg
+        unique = sorted(set(keys))
+        try:
+            self._cache.update(self._store._lock_and_load(self._conn, unique))
+        except psycopg.OperationalError:
+            # A connection that died while idle (a server restart): nothing was
+            # read or written in this transaction yet, so try once more.
+            self._store._forget(self._conn)
+            self._conn = self._store._connection()
+            self._cache.update(self._store._lock_and_load(self._conn, unique))
+
+    def get(self, table: str, key: str) -> Optional[float]:
+        if (table, key) not in self._cache:
+            self.lock_and_load([key])
+        value = self._cache.get((table, key))
+        return None if value is None else float(value)
+
+    def set(self, table: str, key: str, timestamp: int) -> None:
+        self._writes.append((
+            f"INSERT INTO {table} (id, value) VALUES (%s, %s) "
+            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value", (key, int(timestamp))))
+        self._cache[(table, key)] = int(timestamp)
+
+    def delete(self, table: str, key: str) -> None:
+        self._writes.append((f"DELETE FROM {table} WHERE id = %s", (key,)))
+        self._cache[(table, key)] = None
+
+
+class PostgresStore(Store):
+    """The two reference tables in a PostgreSQL database."""
+
+    def __init__(
+        self,
+        host: Optional[str],
+        port: Optional[int],
+        dbname: Optional[str],
+        user: Optional[str],
+        password: Optional[str],
+        timeout: float = 5.0,
+        readonly: bool = False,
+    ) -> None:
+        self._psycopg = _psycopg()
+        self.readonly = readonly
+        self.timeout = timeout
+        milliseconds = int(timeout * 1000)
+        self._params = {
+            "host": host, "port": port, "dbname": dbname, "user": user, "password": password,
+            "connect_timeout": max(1, int(round(timeout))),
+            "options": f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+            "application_name": "courier-greylist",
+        }
+        self._params = {k: v for k, v in self._params.items() if v is not None}
+        self.description = f"PostgreSQL database {dbname} on {host or 'localhost'}:{port or 5432}"
+        self._local = threading.local()
+        self._all: list = []
+        self._all_lock = threading.Lock()
+        try:
+            conn = self._connection()
+            if not readonly:
+                self._create_tables(conn)
+        except StoreError as error:
+            raise StoreOpenError(str(error)) from None
+        except self._psycopg.Error as error:
+            raise StoreOpenError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
+
+    # connections
+
+    def _connect(self, autocommit: bool = False):
+        try:
+            return self._psycopg.connect(autocommit=autocommit, **self._params)
+        except self._psycopg.Error as error:
+            raise StoreError(f"cannot connect to {self.description}: "
+                             f"{' '.join(str(error).split())}") from None
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _forget(self, conn) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        try:
+            conn.close()
+        except self._psycopg.Error:
+            pass
+
+    def _create_tables(self, conn) -> None:
+        """The reference's tables if missing, and an index for the purge (built live)."""
+        with conn.transaction():
+            for table in TABLES:
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
+                             f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL, PRIMARY KEY(id))")
+        conn.commit()
+        admin = self._connect(autocommit=True)
+        try:
+            for table in TABLES:
+                index = f"{table.lower()}_value_idx"
+                exists = admin.execute(
+                    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = %s AND i.indisvalid", (index,)).fetchone()
+                if not exists:
+                    admin.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")  # a failed earlier build
+                    admin.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} (value)")
+        except self._psycopg.Error:
+            pass  # another host builds it right now; the purge works without it, only slower
+        finally:
+            admin.close()
+
+    # the Store interface
+
+    def transaction(self) -> _PgTransaction:
+        if self.readonly:
+            raise StoreError(f"{self.description} is open read-only")
+        return _PgTransaction(self)
+
+    def _lock_and_load(self, conn, keys: Sequence[str]) -> dict:
+        # Two statements in one round trip.  They must be two: under READ
+        # COMMITTED a statement reads what was committed when it began, so the
+        # reads have to begin after the locks were granted.
+        with conn.pipeline():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+                "FROM unnest(%s::text[]) AS k ORDER BY 1) AS ordered", (list(keys),), prepare=True)
+            cursor = conn.execute(
+                f"SELECT 0, rtrim(id), value FROM {TABLES[0]} WHERE id = ANY(%(keys)s::text[]) "
+                "UNION ALL "
+                f"SELECT 1, rtrim(id), value FROM {TABLES[1]} WHERE id = ANY(%(keys)s::text[])",
+                {"keys": list(keys)}, prepare=True)
+        found = {(table, key): None for table in TABLES for key in keys}
+        for which, key, value in cursor.fetchall():
+            found[(TABLES[which], key)] = value
+        return found
+
+    def purge(
+        self,
+        table: str,
+        older_than: float,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> int:
+        if self.readonly:
+            raise StoreError(f"{self.description} is open read-only; cannot purge")
+        conn = self._connect(autocommit=True)
+        removed = 0
+        try:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,)).fetchone()[0]:
+                return 0  # another host is purging
+            while True:
+                cursor = conn.execute(
+                    f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                    f"SELECT ctid FROM {table} WHERE value < %s LIMIT {_PURGE_BATCH}))",
+                    (int(older_than),))
+                removed += cursor.rowcount
+                if progress is not None:
+                    progress(removed)
+                if cursor.rowcount < _PURGE_BATCH:
+                    return removed
+        except self._psycopg.Error as error:
+            raise StoreError(f"purge of {table}: {error}".strip()) from error
+        finally:
+            conn.close()  # also releases the advisory lock
+
+    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+        conn = self._connect()
+        try:
+            with conn.cursor(name="greylist_items") as cursor:
+                cursor.execute(f"SELECT rtrim(id), value FROM {table}")
+                for key, value in cursor:
+                    yield key, float(value)
+        except self._psycopg.Error as error:
+            raise StoreError(f"reading {table}: {error}".strip()) from error
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._all_lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            try:
+                conn.close()
+            except self._psycopg.Error:
+                pass

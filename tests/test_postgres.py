@@ -1,0 +1,210 @@
+"""The PostgreSQL store against a real server (started here, or GREYLIST_TEST_PG)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import Clock, close_reference, load_reference, write_control
+from pgserver import PostgresServer, from_environment, server_binaries
+
+from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
+from greylist.settings import load_settings
+from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreOpenError, open_store
+
+psycopg = pytest.importorskip("psycopg")
+WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
+GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
+
+
+@pytest.fixture(scope="session")
+def server():
+    if from_environment():
+        yield None
+        return
+    if server_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the PostgreSQL store: install postgresql")
+        pytest.skip("no PostgreSQL server binaries here (apt-get install postgresql)")
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def conninfo(server):
+    info = from_environment() or server.conninfo()
+    with psycopg.connect(host=info["host"], port=info["port"], dbname=info["db"], user=info["user"],
+                         password=info["password"], autocommit=True) as conn:
+        # Connections a previous test left open would hold their table locks.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        conn.execute("SET lock_timeout = '10s'")
+        for table in (PASSED_TABLE, NOT_PASSED_TABLE):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    return info
+
+
+def write_pg_config(path, info, **greylist_settings):
+    lines = ["[greylist.py]"] + [f"{k} = {v!r}" for k, v in greylist_settings.items()]
+    lines += ["[ttldb]", "type = 'psycopg2'"] + [f"{k} = {v!r}" for k, v in info.items()]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def sql(info, statement, *params):
+    with psycopg.connect(host=info["host"], port=info["port"], dbname=info["db"], user=info["user"],
+                         password=info["password"], autocommit=True) as conn:
+        cursor = conn.execute(statement, params or None)
+        return cursor.fetchall() if cursor.description else None
+
+
+def make_filter(config, clock=None, lines=None):
+    settings = load_settings([config])
+    store = open_store(settings)
+    log = lines.append if lines is not None else (lambda line: None)
+    return GreylistFilter(settings, store, clock=clock or Clock(), log=log, purge="never"), store
+
+
+def test_reference_schema_and_roundtrip(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo)
+    store = open_store(load_settings([config]))
+    with store.transaction() as tx:
+        tx.lock_and_load(["a" * 32])
+        assert tx.get(PASSED_TABLE, "a" * 32) is None
+        tx.set(PASSED_TABLE, "a" * 32, 1_790_000_000)
+        tx.set(NOT_PASSED_TABLE, "b" * 32, 1_790_000_001)
+    with store.transaction() as tx:
+        tx.lock_and_load(["a" * 32, "b" * 32])
+        assert tx.get(PASSED_TABLE, "a" * 32) == 1_790_000_000
+        tx.delete(NOT_PASSED_TABLE, "b" * 32)
+    assert dict(store.items(PASSED_TABLE)) == {"a" * 32: 1_790_000_000}
+    assert dict(store.items(NOT_PASSED_TABLE)) == {}
+    store.close()
+    columns = sql(conninfo, "SELECT table_name, column_name, data_type, character_maximum_length "
+                            "FROM information_schema.columns WHERE table_name LIKE 'greylist%%' "
+                            "ORDER BY 1, ordinal_position")
+    assert columns == [("greylist_notpassed", "id", "character", 64),
+                       ("greylist_notpassed", "value", "bigint", None),
+                       ("greylist_passed", "id", "character", 64),
+                       ("greylist_passed", "value", "bigint", None)]
+    indexes = sql(conninfo, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%%value_idx'")
+    assert sorted(indexes) == [("greylist_notpassed_value_idx",), ("greylist_passed_value_idx",)]
+
+
+def test_upgrade_and_rollback_with_reference_tables(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=300)
+    clock = Clock()
+    reference = load_reference(config, clock)  # creates its tables, writes its rows
+    known, pending = str(tmp_path / "known"), str(tmp_path / "pending")
+    write_control(known, "old@example.com", ["a@example.net"], "192.0.2.1")
+    write_control(pending, "new@example.com", ["b@example.net"], "2001:db8::1")
+    assert reference.do_filter("", [known]).startswith(GREYLIST)
+    clock.advance(300)
+    assert reference.do_filter("", [known]) == ""
+    assert reference.do_filter("", [pending]).startswith(GREYLIST)
+    close_reference(reference)
+
+    ours, store = make_filter(config, clock)
+    assert ours.do_filter("", [known]) == ""
+    assert ours.do_filter("", [pending]) == GREYLIST + "00:05:00"
+    rollback = str(tmp_path / "rollback")
+    write_control(rollback, "third@example.com", ["c@example.net"], "198.51.100.7")
+    assert ours.do_filter("", [rollback]).startswith(GREYLIST)
+    clock.advance(300)
+    store.close()
+
+    reference = load_reference(config, clock)
+    assert reference.do_filter("", [pending]) == ""
+    assert reference.do_filter("", [rollback]) == ""
+    assert reference.do_filter("", [known]) == ""
+    close_reference(reference)
+
+
+def test_hosts_racing_greylist_each_triplet_exactly_once(tmp_path, conninfo):
+    """4 processes x 4 threads replay the same 30 triplets: exactly 30 greylistings."""
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=0)
+    open_store(load_settings([config])).close()  # the tables exist before the race
+    paths = [write_control(str(tmp_path / f"C{n}"), f"s{n % 7}@example.com", [f"r{n}@example.net"],
+                           f"198.51.100.{n}") for n in range(30)]
+    procs = [subprocess.Popen([sys.executable, WORKERS, "replay_config", config, "4", str(seed), *paths],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in range(4)]
+    total = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        lines = out.split("\n")
+        assert lines[1] == "0", f"errors: {lines[2:]}"
+        total += int(lines[0])
+    assert total == 30
+    assert sql(conninfo, f"SELECT count(*) FROM {PASSED_TABLE}") == [(30,)]
+
+
+def test_server_restart_mid_run(tmp_path, conninfo, server):
+    if server is None:
+        pytest.skip("needs the test's own server")
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=0)
+    lines = []
+    f, store = make_filter(config, lines=lines)
+    paths = [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com") for n in range(20)]
+    for path in paths[:10]:
+        assert f.do_filter("", [path]).startswith(GREYLIST)
+    server.restart()
+    for path in paths[10:]:
+        assert f.do_filter("", [path]).startswith(GREYLIST)  # reconnected by itself
+    for path in paths:
+        assert f.do_filter("", [path]) == ""
+    assert not [line for line in lines if "action=error" in line]
+    store.close()
+
+
+def test_outage_accepts_or_tempfails_quickly_then_recovers(tmp_path, conninfo, server):
+    if server is None:
+        pytest.skip("needs the test's own server")
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=0)
+    lines = []
+    f, store = make_filter(config, lines=lines)
+    path = write_control(str(tmp_path / "C"))
+    server.stop()
+    try:
+        started = time.monotonic()
+        assert f.do_filter("", [path]) == ""
+        assert "action=error, reason=store-failure" in lines[-1]
+        f.settings = load_settings([write_pg_config(tmp_path / "t.conf", conninfo,
+                                                    on_store_error="tempfail")])
+        assert f.do_filter("", [path]) == STORE_FAILURE_REPLY
+        assert time.monotonic() - started < 10
+    finally:
+        server.start()
+    assert f.do_filter("", [path]).startswith(GREYLIST)
+    store.close()
+
+
+def test_unreachable_server_stops_start_with_one_line(tmp_path, conninfo):
+    info = dict(conninfo, port=1)
+    config = write_pg_config(tmp_path / "m.conf", info)
+    with pytest.raises(StoreOpenError) as caught:
+        open_store(load_settings([config]))
+    assert "\n" not in str(caught.value) and "PostgreSQL" in str(caught.value)
+
+
+def test_purge_in_batches_and_one_host_at_a_time(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo)
+    store = open_store(load_settings([config]))
+    sql(conninfo, f"INSERT INTO {NOT_PASSED_TABLE} SELECT md5(n::text), 1000 + n "
+                  f"FROM generate_series(1, 2600) AS n")
+    progress = []
+    holder = psycopg.connect(host=conninfo["host"], port=conninfo["port"], dbname=conninfo["db"],
+                             user=conninfo["user"], password=conninfo["password"], autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (0x67726579,))
+    assert store.purge(NOT_PASSED_TABLE, older_than=3000) == 0  # another host is purging
+    holder.close()
+    assert store.purge(NOT_PASSED_TABLE, older_than=3000, progress=progress.append) == 1999
+    assert progress == [1000, 1999]
+    assert sql(conninfo, f"SELECT count(*) FROM {NOT_PASSED_TABLE}") == [(601,)]
+    store.close()
