@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import __version__
+from . import __version__, transfer
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
 from .stores import StoreError, open_store
@@ -168,6 +168,87 @@ def command_install(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _progress_printer(label: str):
+    """Progress on a terminal, rewritten in place; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(table: str, count: int) -> None:
+        print(f"\r{label}: {count:,} entries{' (' + table + ')' if table else ''}   ",
+              end="" if table else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _open(settings: Settings, readonly: bool = False):
+    try:
+        return open_store(settings, readonly=readonly)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+
+
+def command_export(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    _act_as_store_owner(settings)
+    store = _open(settings, readonly=True)
+    try:
+        if args.file in (None, "-"):
+            count = transfer.export_to(store, sys.stdout)
+        else:
+            with open(args.file, "w", encoding="utf-8") as out:
+                count = transfer.export_to(store, out, _progress_printer("exported"))
+    except (OSError, StoreError) as error:
+        raise CommandError(f"export failed: {error}") from None
+    finally:
+        store.close()
+    print(f"greylist: exported {count:,} entries from {store.description}", file=sys.stderr)
+    return EX_OK
+
+
+def command_import(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    _act_as_store_owner(settings)
+    store = _open(settings)
+    try:
+        if args.file in (None, "-"):
+            count = transfer.write_entries(store, transfer.parse_lines(sys.stdin))
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                count = transfer.write_entries(store, transfer.parse_lines(lines),
+                                               _progress_printer("imported"))
+    except (OSError, StoreError, transfer.TransferError) as error:
+        raise CommandError(f"import failed: {error}") from None
+    finally:
+        store.close()
+    print(f"greylist: imported {count:,} entries into {store.description}", file=sys.stderr)
+    return EX_OK
+
+
+def command_migrate(args: argparse.Namespace) -> int:
+    if not (args.to_config or args.to_db_dir):
+        raise CommandError("say where to copy to: --to-config PATH or --to-db-dir DIR")
+    source_settings = _load(args)
+    destination_settings = _load(argparse.Namespace(config=args.to_config, db_dir=args.to_db_dir))
+    if source_settings == destination_settings:
+        raise CommandError("source and destination are the same store")
+    _act_as_store_owner(destination_settings if destination_settings.db_type == "dbm"
+                        else source_settings)
+    source = _open(source_settings, readonly=True)
+    try:
+        destination = _open(destination_settings)
+        try:
+            count = transfer.copy_store(source, destination, _progress_printer("copied"))
+        except StoreError as error:
+            raise CommandError(f"migration failed: {error}") from None
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    print(f"greylist: copied {count:,} entries from {source.description} "
+          f"to {destination.description}", file=sys.stderr)
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greylist",
@@ -193,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("control_files", nargs="+", metavar="CONTROLFILE")
     check.set_defaults(handler=command_check)
 
+    export = commands.add_parser(
+        "export", help="write every stored triplet as JSON lines (a backup)",
+        description="Write every entry as a JSON line: store, digest, timestamp. "
+                    "Opens the store read-only.")
+    with_store_options(export)
+    export.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
+    export.set_defaults(handler=command_export)
+
+    import_ = commands.add_parser(
+        "import", help="read JSON lines written by export into the store",
+        description="Store every entry of an export; existing entries are overwritten.")
+    with_store_options(import_)
+    import_.add_argument("file", nargs="?", metavar="FILE", help="input file (default: stdin)")
+    import_.set_defaults(handler=command_import)
+
+    migrate = commands.add_parser(
+        "migrate", help="copy a store into another (dbm to PostgreSQL and back)",
+        description="Copy every entry of the store of --config/--db-dir into the store of "
+                    "--to-config/--to-db-dir, with progress on a terminal. Stop the filters "
+                    "first, or run it again after switching them over.")
+    with_store_options(migrate)
+    migrate.add_argument("--to-config", metavar="PATH", help="configuration naming the destination")
+    migrate.add_argument("--to-db-dir", metavar="DIR", help="destination dbm directory")
+    migrate.set_defaults(handler=command_migrate)
+
     install = commands.add_parser(
         "install", help="let courier-pythonfilter's dispatcher load this filter",
         description=f"Write the module pythonfilter.{SHIM_NAME} that the dispatcher imports "
@@ -210,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"check", "install", "-h", "--help", "--version"}
+    known = {"check", "install", "export", "import", "migrate", "-h", "--help", "--version"}
     if argv and argv[0] not in known:
         argv.insert(0, "check")  # `python -m greylist CONTROLFILE...`, as the original
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -119,3 +120,32 @@ def test_install_and_uninstall_shim(tmp_path):
     assert run("install", "--target", str(tmp_path), "--name", "greylist").returncode == 1
     assert run("install", "--target", str(tmp_path), "--uninstall").returncode == 0
     assert not (tmp_path / "courier_greylist.py").exists()
+
+
+def test_export_import_roundtrip(tmp_path):
+    source, target = tmp_path / "a", tmp_path / "b"
+    for n in range(3):
+        run("check", "--db-dir", str(source), write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com"))
+    exported = run("export", "--db-dir", str(source))
+    assert exported.returncode == 0 and "exported 3 entries" in exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert {row["store"] for row in rows} == {"greylist_NotPassed"} and len(rows) == 3
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text(exported.stdout)
+    imported = run("import", "--db-dir", str(target), str(dump))
+    assert imported.returncode == 0 and "imported 3 entries" in imported.stderr
+    again = run("export", "--db-dir", str(target))
+    assert sorted(again.stdout.splitlines()) == sorted(exported.stdout.splitlines())
+    dump.write_text('{"store": "nope"}\n')
+    bad = run("import", "--db-dir", str(target), str(dump))
+    assert bad.returncode == 1 and "line 1: not an entry of an export" in bad.stderr
+
+
+def test_migrate_between_dbm_directories(tmp_path):
+    source, target = tmp_path / "a", tmp_path / "b"
+    control = write_control(str(tmp_path / "C"))
+    run("check", "--db-dir", str(source), control)
+    assert run("migrate", "--db-dir", str(source)).returncode == 1
+    moved = run("migrate", "--db-dir", str(source), "--to-db-dir", str(target))
+    assert moved.returncode == 0 and "copied 1 entries" in moved.stderr
+    assert run("export", "--db-dir", str(target)).stdout == run("export", "--db-dir", str(source)).stdout

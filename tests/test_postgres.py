@@ -208,3 +208,28 @@ def test_purge_in_batches_and_one_host_at_a_time(tmp_path, conninfo):
     assert progress == [1000, 1999]
     assert sql(conninfo, f"SELECT count(*) FROM {NOT_PASSED_TABLE}") == [(601,)]
     store.close()
+
+
+def test_migrate_dbm_to_postgres_and_back(tmp_path, conninfo):
+    """A site moving to several MX hosts re-greylists nobody, and can move back."""
+    config = write_pg_config(tmp_path / "pg.conf", conninfo, greylist_time=300)
+    dbm_dir = tmp_path / "dbm"
+    controls = [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com") for n in range(5)]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "greylist", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    for path in controls:
+        assert cli("check", "--db-dir", str(dbm_dir), path).returncode == 75
+    moved = cli("migrate", "--db-dir", str(dbm_dir), "--to-config", config)
+    assert moved.returncode == 0, moved.stderr
+    assert "copied 5 entries" in moved.stderr
+    clock = Clock(time.time() + 301)
+    ours, store = make_filter(config, clock)
+    assert [ours.do_filter("", [path]) for path in controls] == [""] * 5  # nobody greylisted again
+    store.close()
+    back = cli("migrate", "--config", config, "--to-db-dir", str(tmp_path / "back"))
+    assert back.returncode == 0 and "copied 5 entries" in back.stderr
+    exported = cli("export", "--db-dir", str(tmp_path / "back")).stdout.splitlines()
+    assert len(exported) == 5 and all('"greylist_Passed"' in line for line in exported)
