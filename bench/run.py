@@ -237,17 +237,64 @@ def worker(spec: dict) -> dict:
 # --- the orchestra -------------------------------------------------------------------
 
 
-def _config(path: str, store: str) -> str:
+def _config(path: str, store) -> str:
+    """A pythonfilter-modules.conf for a dbm directory, or a PostgreSQL connection (a dict)."""
+    if isinstance(store, dict):
+        ttldb = "type = 'psycopg2'\n" + "".join(f"{k} = {v!r}\n" for k, v in store.items())
+    else:
+        ttldb = f"type = 'dbm'\ndir = {store!r}\n"
     with open(path, "w") as handle:
-        handle.write(f"[greylist.py]\ngreylist_time = 300\n[ttldb]\ntype = 'dbm'\ndir = {store!r}\n")
+        handle.write(f"[greylist.py]\ngreylist_time = 300\n[ttldb]\n{ttldb}")
     return path
 
 
+# --- PostgreSQL ----------------------------------------------------------------------
+
+
+def _pg(info: dict):
+    import psycopg
+
+    return psycopg.connect(host=info["host"], port=info["port"], dbname=info["db"], user=info["user"],
+                           password=info["password"], autocommit=True)
+
+
+def pg_prewrite(info: dict, size: int) -> None:
+    """Template tables with ``size`` entries; each measurement starts from a copy."""
+    now, rng = time.time(), random.Random(size)
+    with _pg(info) as conn:
+        for table in ("greylist_Passed", "greylist_NotPassed"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}, bench_{table}")
+            conn.execute(f"CREATE TABLE bench_{table} (id CHAR(64) NOT NULL, value BIGINT NOT NULL)")
+        rows: dict = {"greylist_Passed": [], "greylist_NotPassed": []}
+        for i in range(size):
+            table, stamp = state_of(i, now, rng)
+            rows[table].append((key_of(i), stamp))
+        for table, entries in rows.items():  # one COPY at a time on a connection
+            with conn.cursor().copy(f"COPY bench_{table} (id, value) FROM STDIN") as copy:
+                for row in entries:
+                    copy.write_row(row)
+
+
+def pg_reset(info: dict) -> None:
+    """The reference's tables (no index of ours), filled from the templates."""
+    with _pg(info) as conn:
+        for table in ("greylist_Passed", "greylist_NotPassed"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"CREATE TABLE {table} (id CHAR(64) NOT NULL, value BIGINT NOT NULL, "
+                         f"PRIMARY KEY(id))")
+            conn.execute(f"INSERT INTO {table} SELECT * FROM bench_{table}")
+            conn.execute(f"ANALYZE {table}")
+
+
 def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
-    store = os.path.join(work, "store")
-    shutil.rmtree(store, ignore_errors=True)
-    shutil.copytree(template, store)
-    config = _config(os.path.join(work, "bench.conf"), store)
+    if isinstance(template, dict):
+        pg_reset(template)
+        config = _config(os.path.join(work, "bench.conf"), template)
+    else:
+        store = os.path.join(work, "store")
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(template, store)
+        config = _config(os.path.join(work, "bench.conf"), store)
     processes = 2 if mode == "2 processes" else 1
     threads = 4 if mode == "4 threads" else 1
     purge = mode == "purge"
@@ -325,6 +372,20 @@ def main() -> int:
     else:
         sizes = [int(s) for s in (args.sizes or "0,10000,100000,1000000").split(",")]
         seconds, count, cap = args.seconds, 30000, args.cap
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    from pgserver import PostgresServer, from_environment, server_binaries
+
+    pg_info, pg_server = from_environment(), None
+    if pg_info is None and server_binaries() is not None:
+        try:
+            import psycopg  # noqa: F401
+            import psycopg2  # noqa: F401  (the reference's driver)
+        except ImportError:
+            pass
+        else:
+            flavours.append("postgresql")
+    elif pg_info is not None:
+        flavours.append("postgresql")
     if args.flavours:
         flavours = [f for f in args.flavours.split(",") if f in flavours]
     modes = ["1 thread", "4 threads", "2 processes", "purge"]
@@ -337,17 +398,24 @@ def main() -> int:
         controls = os.path.join(work, "controls")
         for flavour in flavours:
             for size in sizes:
-                if flavour == "dbm.dumb" and size > 100000:
-                    print(f"\n{flavour}, {size:,} triplets: skipped (dbm.dumb is measured to 100k)")
+                if flavour != "dbm.gnu" and size > 100000:
+                    print(f"\n{flavour}, {size:,} triplets: skipped (measured to 100k)")
                     continue
-                template = os.path.join(work, "template")
-                shutil.rmtree(template, ignore_errors=True)
-                os.mkdir(template)
                 t0 = time.perf_counter()
-                # In a child process, so that this process stays small: a child
-                # inherits its parent's peak RSS figure.
-                subprocess.run([sys.executable, __file__, "--prewrite", template, flavour, str(size)],
-                               check=True)
+                if flavour == "postgresql":
+                    if pg_info is None:
+                        pg_server = PostgresServer()
+                        pg_info = pg_server.conninfo()
+                    template = pg_info
+                    pg_prewrite(pg_info, size)
+                else:
+                    template = os.path.join(work, "template")
+                    shutil.rmtree(template, ignore_errors=True)
+                    os.mkdir(template)
+                    # In a child process, so that this process stays small: a child
+                    # inherits its parent's peak RSS figure.
+                    subprocess.run([sys.executable, __file__, "--prewrite", template, flavour,
+                                    str(size)], check=True)
                 shutil.rmtree(controls, ignore_errors=True)
                 os.mkdir(controls)
                 paths = write_controls(controls, count, size)
@@ -369,6 +437,8 @@ def main() -> int:
                               f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if pg_server is not None:
+            pg_server.close()
     return 0
 
 

@@ -32,6 +32,7 @@ _PURGE_BATCH = 1000
 def _psycopg():
     try:
         import psycopg
+        import psycopg.sql  # noqa: F401
     except ImportError:
         raise StoreOpenError("the PostgreSQL store needs psycopg 3: "
                              "pip install 'courier-greylist[postgres]'") from None
@@ -39,15 +40,17 @@ def _psycopg():
 
 
 class _PgTransaction(Transaction):
-    """One message: advisory locks on its triplets, reads, then upserts and commit.
+    """One message in two round trips to the server.
 
-    Two round trips to the server: the locks and the reads go together, as do
-    the writes and the commit.
+    The first sends BEGIN, the advisory locks of the message's triplets and
+    the reads; the second sends the upserts and deletes with COMMIT.  Each
+    is one multi-statement query; values go in as quoted literals.
     """
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._conn = None
+        self._began = False
         self._cache: dict = {}
         self._writes: list = []
 
@@ -59,33 +62,55 @@ class _PgTransaction(Transaction):
         psycopg = self._store._psycopg
         conn = self._conn
         try:
-            if error is None:
-                with conn.pipeline():
-                    for statement, params in self._writes:
-                        conn.execute(statement, params, prepare=True)
-                    conn.commit()
-            else:
-                conn.rollback()
+            if error is None and self._writes:
+                begin = [] if self._began else ["BEGIN"]
+                conn.execute("; ".join(begin + self._writes + ["COMMIT"]))
+            elif self._began:
+                conn.execute("COMMIT" if error is None else "ROLLBACK")
         except psycopg.Error as exit_error:
             self._store._forget(conn)
             if error is None:
-                raise StoreError(f"PostgreSQL: {exit_error}".strip()) from exit_error
+                raise StoreError(f"PostgreSQL: {' '.join(str(exit_error).split())}") from exit_error
         if isinstance(error, psycopg.Error):
             self._store._forget(conn)
-            raise StoreError(f"PostgreSQL: {error}".strip()) from error
+            raise StoreError(f"PostgreSQL: {' '.join(str(error).split())}") from error
 
     def lock_and_load(self, keys: Sequence[str]) -> None:
-        """Take the triplets' advisory locks, then read them."""
+        """BEGIN, take the triplets' advisory locks, then read them."""
         psycopg = self._store._psycopg
         unique = sorted(set(keys))
         try:
-            self._cache.update(self._store._lock_and_load(self._conn, unique))
+            self._load(unique)
         except psycopg.OperationalError:
+            if self._writes:
+                raise
             # A connection that died while idle (a server restart): nothing was
             # read or written in this transaction yet, so try once more.
             self._store._forget(self._conn)
             self._conn = self._store._connection()
-            self._cache.update(self._store._lock_and_load(self._conn, unique))
+            self._began = False
+            self._load(unique)
+
+    def _load(self, keys: Sequence[str]) -> None:
+        quote = self._store._quote
+        literals = [quote(key) for key in keys]  # sorted: every host locks in the same order
+        listed = ", ".join(literals)
+        # Separate statements: under READ COMMITTED each reads what was
+        # committed when it began, so the reads must begin after the locks.
+        statements = [] if self._began else ["BEGIN"]
+        statements += [f"SELECT pg_advisory_xact_lock(hashtextextended({literal}, 0))"
+                       for literal in literals]
+        statements.append(
+            f"SELECT 0, rtrim(id), value FROM {TABLES[0]} WHERE id IN ({listed}) "
+            f"UNION ALL SELECT 1, rtrim(id), value FROM {TABLES[1]} WHERE id IN ({listed})")
+        cursor = self._conn.execute("; ".join(statements))
+        self._began = True
+        while cursor.nextset():
+            pass  # the last result is the reads
+        found = {(table, key): None for table in TABLES for key in keys}
+        for which, key, value in cursor.fetchall():
+            found[(TABLES[which], key)] = value
+        self._cache.update(found)
 
     def get(self, table: str, key: str) -> Optional[float]:
         if (table, key) not in self._cache:
@@ -94,13 +119,13 @@ class _PgTransaction(Transaction):
         return None if value is None else float(value)
 
     def set(self, table: str, key: str, timestamp: int) -> None:
-        self._writes.append((
-            f"INSERT INTO {table} (id, value) VALUES (%s, %s) "
-            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value", (key, int(timestamp))))
+        self._writes.append(
+            f"INSERT INTO {table} (id, value) VALUES ({self._store._quote(key)}, {int(timestamp)}) "
+            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value")
         self._cache[(table, key)] = int(timestamp)
 
     def delete(self, table: str, key: str) -> None:
-        self._writes.append((f"DELETE FROM {table} WHERE id = %s", (key,)))
+        self._writes.append(f"DELETE FROM {table} WHERE id = {self._store._quote(key)}")
         self._cache[(table, key)] = None
 
 
@@ -153,7 +178,7 @@ class PostgresStore(Store):
     def _connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = self._connect()
+            conn = self._connect(autocommit=True)  # transactions are ours: BEGIN ... COMMIT
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -169,11 +194,12 @@ class PostgresStore(Store):
 
     def _create_tables(self, conn) -> None:
         """The reference's tables if missing, and an index for the purge (built live)."""
-        with conn.transaction():
-            for table in TABLES:
+        for table in TABLES:
+            try:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
                              f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL, PRIMARY KEY(id))")
-        conn.commit()
+            except self._psycopg.errors.UniqueViolation:
+                pass  # another host created it at this very moment
         admin = self._connect(autocommit=True)
         try:
             for table in TABLES:
@@ -196,23 +222,9 @@ class PostgresStore(Store):
             raise StoreError(f"{self.description} is open read-only")
         return _PgTransaction(self)
 
-    def _lock_and_load(self, conn, keys: Sequence[str]) -> dict:
-        # Two statements in one round trip.  They must be two: under READ
-        # COMMITTED a statement reads what was committed when it began, so the
-        # reads have to begin after the locks were granted.
-        with conn.pipeline():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
-                "FROM unnest(%s::text[]) AS k ORDER BY 1) AS ordered", (list(keys),), prepare=True)
-            cursor = conn.execute(
-                f"SELECT 0, rtrim(id), value FROM {TABLES[0]} WHERE id = ANY(%(keys)s::text[]) "
-                "UNION ALL "
-                f"SELECT 1, rtrim(id), value FROM {TABLES[1]} WHERE id = ANY(%(keys)s::text[])",
-                {"keys": list(keys)}, prepare=True)
-        found = {(table, key): None for table in TABLES for key in keys}
-        for which, key, value in cursor.fetchall():
-            found[(TABLES[which], key)] = value
-        return found
+    def _quote(self, text: str) -> str:
+        """A string as an SQL literal (keys are hex digests; anything else is quoted safely)."""
+        return self._psycopg.sql.Literal(text).as_string(None)
 
     def purge(
         self,
