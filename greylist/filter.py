@@ -19,6 +19,7 @@ store failure while deciding                    accept, or the tempfail reply wh
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -126,9 +127,9 @@ class GreylistFilter:
         )
         self._purging = threading.Lock()
         # The dispatcher runs each message in its own thread, but the GIL runs
-        # one at a time anyway: messages taking turns for the whole decision
-        # avoids a convoy on the store lock (4 threads then lose little to 1).
-        self._turn = threading.Lock()
+        # one at a time anyway: with a local store, messages taking turns for
+        # the whole decision avoids a convoy on the store lock.
+        self._turn = threading.Lock() if store.decisions_take_turns else contextlib.nullcontext()
         self._last_purge_check = float("-inf")
 
     # --- the dispatcher's call ---------------------------------------------------

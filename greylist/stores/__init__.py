@@ -80,6 +80,9 @@ class Store(abc.ABC):
     """A place for the greylisting tables."""
 
     description: str = "store"
+    # True when deciding is CPU work in this process (dbm): the filter then lets
+    # messages take turns.  A network store wants its round trips to overlap.
+    decisions_take_turns: bool = True
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager:

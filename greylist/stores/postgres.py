@@ -132,6 +132,8 @@ class _PgTransaction(Transaction):
 class PostgresStore(Store):
     """The two reference tables in a PostgreSQL database."""
 
+    decisions_take_turns = False
+
     def __init__(
         self,
         host: Optional[str],
