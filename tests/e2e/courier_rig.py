@@ -1,0 +1,249 @@
+"""A real Courier MTA on loopback, with the unmodified pythonfilter dispatcher running this package.
+
+Set up exactly as the README's "Installing into Courier" says (a virtual
+environment that Courier's mail user can read, `greylist install`, the line in
+/etc/pythonfilter.conf, a store directory owned by the mail user, filterctl),
+plus what a test host needs and a mail server would not: esmtpd on
+127.0.0.1:2525, mail from 127.0.0.1 treated as a remote client (no
+RELAYCLIENT), no DNS look-ups, every outgoing message routed to a dead
+loopback port, and rsyslog for the mail log.  Everything changed in
+/etc/courier and elsewhere is put back, and every daemon stopped, by close().
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGES = ["courier-mta", "rsyslog"]
+PORT = 2525
+BASE = "/opt/courier-greylist-e2e"
+MAIL_LOG = "/var/log/mail.log"
+CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/courier/esmtproutes",
+           "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/pythonfilter.conf",
+           "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter"]
+
+
+def run(*command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def unavailable() -> str:
+    """Why this machine cannot run the rig, or '' when it can."""
+    if os.geteuid() != 0:
+        return "needs root (installs and starts Courier)"
+    if shutil.which("apt-get") is None and shutil.which("courier-config") is None:
+        return "needs apt-get to install Courier"
+    return ""
+
+
+class CourierRig:
+    def __init__(self, greylist_time: int = 0) -> None:
+        self.saved = tempfile.mkdtemp(prefix="greylist-e2e-saved-")
+        self.rsyslog_pid = None
+        self._install_packages()
+        self._save()
+        try:
+            self._install_filter(greylist_time)
+            self._configure_courier()
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    # set-up
+
+    def _install_packages(self) -> None:
+        if shutil.which("courier-config") and shutil.which("rsyslogd"):
+            return
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+        result = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True,
+                                text=True, env=env, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed: {result.stderr[-500:]}")
+
+    def _save(self) -> None:
+        for path in CHANGED:
+            if os.path.lexists(path):
+                target = os.path.join(self.saved, path.strip("/").replace("/", "__"))
+                shutil.copy2(path, target, follow_symlinks=False)
+
+    def _install_filter(self, greylist_time: int) -> None:
+        """README steps 1 to 4."""
+        shutil.rmtree(BASE, ignore_errors=True)
+        os.makedirs(BASE)
+        os.chmod(BASE, 0o755)
+        venv = os.path.join(BASE, "venv")
+        run("/usr/bin/python3", "-m", "venv", venv)
+        run(os.path.join(venv, "bin", "pip"), "install", "-q", REPO, timeout=600)
+        self.store = os.path.join(BASE, "store")
+        courier = pwd.getpwnam("courier")
+        os.makedirs(self.store, mode=0o700)
+        os.chown(self.store, courier.pw_uid, courier.pw_gid)
+        self.config = os.path.join(BASE, "pythonfilter-modules.conf")
+        with open(self.config, "w") as handle:
+            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n\n"
+                         f"[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
+        os.chmod(self.config, 0o644)
+        run(os.path.join(venv, "bin", "greylist"), "install", "--config", self.config)
+        with open("/etc/pythonfilter.conf", "w") as handle:
+            handle.write("courier_greylist\n")
+        if os.path.lexists("/usr/lib/courier/filters/pythonfilter"):
+            os.unlink("/usr/lib/courier/filters/pythonfilter")
+        os.symlink(os.path.join(venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
+
+    def _configure_courier(self) -> None:
+        """A test host's needs: loopback port, a remote-looking client, no network."""
+        with open("/etc/courier/esmtpd") as handle:
+            lines = handle.read().splitlines()
+        settings = {"ADDRESS": "127.0.0.1", "PORT": str(PORT), "MAXPERIP": "100", "BOFHCHECKDNS": "0",
+                    "ESMTPDSTART": "YES",
+                    "TCPDOPTS": '"-stderrlogger=/usr/sbin/courierlogger -noidentlookup -nodnslookup"'}
+        # In place: the file is sourced by a shell script that exports the names it set.
+        missing = dict(settings)
+        for number, line in enumerate(lines):
+            name = line.split("=", 1)[0]
+            if name in settings:
+                lines[number] = f"{name}={settings[name]}"
+                missing.pop(name, None)
+        lines += [f"{k}={v}" for k, v in missing.items()]
+        with open("/etc/courier/esmtpd", "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        with open("/etc/courier/smtpaccess/default") as handle:
+            access = [line for line in handle.read().splitlines()
+                      if not line.startswith(("127.0.0.1", ":0000:0000:0000:0000:0000:0000:0000:0001"))]
+        with open("/etc/courier/smtpaccess/default", "w") as handle:
+            handle.write("\n".join(access + ["127.0.0.1\tallow"]) + "\n")
+        with open("/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "w") as handle:
+            handle.write("example.net\n")
+        with open("/etc/courier/esmtproutes", "w") as handle:
+            # 127.0.0.2: on loopback, but not an address of this host, which Courier would refuse.
+            handle.write(":[127.0.0.2],9\nexample.net:[127.0.0.2],9\n")
+        run("makesmtpaccess")
+        run("makeacceptmailfor")
+
+    def _start(self) -> None:
+        if run("pgrep", "-x", "rsyslogd", check=False).returncode != 0:
+            run("rsyslogd")
+            self.rsyslog_pid = int(open("/run/rsyslogd.pid").read())
+        run("courier", "start")
+        run("courierfilter", "start")
+        run("filterctl", "start", "pythonfilter")
+        run("esmtpd", "start")
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists("/var/lib/courier/allfilters/pythonfilter"):
+                try:
+                    smtplib.SMTP("127.0.0.1", PORT, timeout=5).quit()
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError("Courier or its filter did not come up:\n" + self.log_tail())
+
+    # use
+
+    def send(self, sender: str, recipient: str) -> tuple:
+        """One SMTP transaction; the reply to DATA as (code, text)."""
+        client = smtplib.SMTP("127.0.0.1", PORT, timeout=30)
+        try:
+            client.ehlo("client.example.org")
+            client.mail(sender)
+            code, text = client.rcpt(recipient)
+            if code != 250:
+                return code, text.decode()
+            code, text = client.docmd("DATA")
+            if code != 354:
+                return code, text.decode()
+            client.send(b"Subject: greylisting test\r\n\r\nhello\r\n.\r\n")
+            code, text = client.getreply()
+            return code, text.decode()
+        finally:
+            try:
+                client.quit()
+            except smtplib.SMTPException:
+                client.close()
+
+    def restart_filter(self) -> None:
+        run("filterctl", "stop", "pythonfilter")
+        deadline = time.monotonic() + 30
+        while os.path.exists("/var/lib/courier/allfilters/pythonfilter") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run("filterctl", "start", "pythonfilter")
+        self.wait_ready()
+
+    def restart_courier(self) -> None:
+        self._stop_daemons()
+        run("courier", "start")
+        run("courierfilter", "start")
+        run("esmtpd", "start")
+        self.wait_ready()
+
+    def log_mark(self) -> int:
+        return os.path.getsize(MAIL_LOG) if os.path.exists(MAIL_LOG) else 0
+
+    def log_since(self, mark: int, needle: str, timeout: float = 15) -> str:
+        """The mail log written since ``mark``, once it contains ``needle``."""
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            if os.path.exists(MAIL_LOG):
+                with open(MAIL_LOG, errors="replace") as handle:
+                    handle.seek(mark)
+                    text = handle.read()
+                if needle in text:
+                    return text
+            time.sleep(0.1)
+        return text
+
+    def log_tail(self) -> str:
+        if not os.path.exists(MAIL_LOG):
+            return "(no mail log)"
+        with open(MAIL_LOG, errors="replace") as handle:
+            return "".join(handle.readlines()[-20:])
+
+    # tear-down
+
+    def _stop_daemons(self) -> None:
+        for command in (["esmtpd", "stop"], ["courierfilter", "stop"], ["courier", "stop"]):
+            run(*command, check=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if run("pgrep", "-u", "courier", check=False).returncode != 0:
+                return
+            time.sleep(0.1)
+        run("pkill", "-u", "courier", check=False)
+
+    def close(self) -> None:
+        self._stop_daemons()
+        run("pkill", "-f", "courierd|courieresmtp|courierlocal|courierfax|courierdsn|courieruucp",
+            check=False)
+        if self.rsyslog_pid:
+            try:
+                os.kill(self.rsyslog_pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for path in CHANGED:
+            saved = os.path.join(self.saved, path.strip("/").replace("/", "__"))
+            if os.path.lexists(path):
+                os.unlink(path)
+            if os.path.lexists(saved):
+                shutil.copy2(saved, path, follow_symlinks=False)
+        run("makesmtpaccess", check=False)
+        run("makeacceptmailfor", check=False)
+        shutil.rmtree(self.saved, ignore_errors=True)
+        shutil.rmtree(BASE, ignore_errors=True)
