@@ -109,3 +109,15 @@ def have_gdbm() -> bool:
     except ImportError:
         return False
     return True
+
+
+def replay_total(procs) -> int:
+    """Wait for replay workers (tests/workers.py); the sum of their greylistings."""
+    total = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        lines = out.split("\n")
+        assert lines[1] == "0", f"errors: {lines[2:]}"
+        total += int(lines[0])
+    return total

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import Clock, close_reference, load_reference, write_control
+from helpers import Clock, close_reference, load_reference, replay_total, write_control
 from pgserver import PostgresServer, from_environment, server_binaries
 
 from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
@@ -134,13 +134,7 @@ def test_hosts_racing_greylist_each_triplet_exactly_once(tmp_path, conninfo):
     procs = [subprocess.Popen([sys.executable, WORKERS, "replay_config", config, "4", str(seed), *paths],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in range(4)]
-    total = 0
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        lines = out.split("\n")
-        assert lines[1] == "0", f"errors: {lines[2:]}"
-        total += int(lines[0])
+    total = replay_total(procs)
     assert total == 30
     assert sql(conninfo, f"SELECT count(*) FROM {PASSED_TABLE}") == [(30,)]
 

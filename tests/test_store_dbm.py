@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from helpers import have_gdbm, write_control
+from helpers import have_gdbm, replay_total, write_control
 
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
 from greylist.stores.dbm import LOCK_NAME, DbmStore
@@ -221,13 +221,7 @@ def test_processes_and_threads_greylist_each_triplet_exactly_once(tmp_path, flav
                           *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for seed in range(3)
     ]
-    total = 0
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        lines = out.split("\n")
-        assert lines[1] == "0", f"errors: {lines[2:]}"
-        total += int(lines[0])
+    total = replay_total(procs)
     assert total == 200
     with dbm.open(str(store_dir / PASSED_TABLE), "r") as passed:
         assert len(passed) == 200

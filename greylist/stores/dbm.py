@@ -231,7 +231,25 @@ class _Table:
         raise NotImplementedError
 
 
-class _GdbmTable(_Table):
+class _MappingTable(_Table):
+    """A table backed by a stdlib dbm object in ``self._db``."""
+
+    _db = None
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._db.get(key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+
+    def delete(self, key: bytes) -> None:
+        try:
+            del self._db[key]
+        except KeyError:
+            pass
+
+
+class _GdbmTable(_MappingTable):
     flavour = "dbm.gnu"
 
     def __init__(self, base: str, readonly: bool) -> None:
@@ -249,18 +267,6 @@ class _GdbmTable(_Table):
     def refresh(self) -> None:
         self._db.close()
         self._db = self._open()
-
-    def get(self, key: bytes) -> Optional[bytes]:
-        return self._db.get(key)
-
-    def set(self, key: bytes, value: bytes) -> None:
-        self._db[key] = value
-
-    def delete(self, key: bytes) -> None:
-        try:
-            del self._db[key]
-        except KeyError:
-            pass
 
     def scanner(self) -> Callable[[], Optional[list]]:
         # gdbm walks on from a key that must exist: each batch ends with the
@@ -287,7 +293,7 @@ class _GdbmTable(_Table):
         self._db.close()
 
 
-class _GenericTable(_Table):
+class _GenericTable(_MappingTable):
     """Any other flavour (ndbm): opened for each transaction, closed after it."""
 
     def __init__(self, base: str, readonly: bool, flavour: str) -> None:
@@ -307,18 +313,6 @@ class _GenericTable(_Table):
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    def get(self, key: bytes) -> Optional[bytes]:
-        return self._db.get(key)
-
-    def set(self, key: bytes, value: bytes) -> None:
-        self._db[key] = value
-
-    def delete(self, key: bytes) -> None:
-        try:
-            del self._db[key]
-        except KeyError:
-            pass
 
     def scanner(self) -> Callable[[], Optional[list]]:
         done = []
