@@ -195,13 +195,12 @@ class GreylistFilter:
             verdict.reason, verdict.error = "store-failure", str(error)
             return verdict
         verdict.decision = decision
+        reasons = {outcome.reason for outcome in decision.outcomes}
         if decision.accept:
             verdict.action = "pass"
-            reasons = {o.reason for o in decision.outcomes}
             verdict.reason = "passed" if "passed" in reasons else "known"
         else:
             verdict.action = "greylist"
-            reasons = {o.reason for o in decision.outcomes}
             verdict.reason = "early-retry" if "early-retry" in reasons else "new"
             verdict.reply = policy.tempfail_reply(decision.wait, self.settings.reply)
         return verdict

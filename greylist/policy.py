@@ -102,7 +102,7 @@ def decide(
     included: as in the reference, a repeated triplet sees what the earlier
     one wrote.
     """
-    state = {key: stored.get(key, StoredState()) for key in stored}
+    state = dict(stored)  # what this message has written so far shadows the stores
     decision = Decision(accept=True, wait=0.0)
     stamp = int(now)
     for key in keys:
