@@ -2,16 +2,22 @@
 
 WORK IN PROGRESS (issue "Proven with the real Courier MTA"): not run by .ci/run
 yet.  The rig installs and starts Courier and the filter comes up ("Initialized
-the "greylist" python filter" in the mail log), but RCPT TO:<bob@example.net>
-is answered "556 Address unavailable." after 8 s, whatever esmtproutes says;
-the same set-up made by hand with sed earlier answered 250 and the filter's
-451/250 at the end of DATA.  Run with: python -m pytest -m e2e tests/e2e
+the "greylist" python filter" in the mail log), but every RCPT waits 8 s and is
+refused: "556 Address unavailable." for a relayed domain (example.net in
+esmtpacceptmailfor, whatever esmtproutes says), "513 Syntax error." for the
+local alias used now.  The 8 s look like Courier's own resolver timing out (the
+machine's getaddrinfo fails at once); the first set-up made by hand answered at
+once and the filter gave 451 then 250 at the end of DATA, and the same commands
+by hand later failed like the rig.  Next: find which look-up runs at MAIL/RCPT
+(BOFHCHECKDNS=0 and -nodnslookup are set) or point Courier at a resolver on
+loopback that answers NXDOMAIN at once.
+Run with: python -m pytest -m e2e tests/e2e
 """
 
 from __future__ import annotations
 
 import pytest
-from courier_rig import CourierRig, unavailable
+from courier_rig import RECIPIENT, CourierRig, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -27,23 +33,25 @@ def rig():
 
 def test_new_triplet_gets_4xx_at_end_of_data_then_250(rig):
     mark = rig.log_mark()
-    assert rig.send("alice@sender.example", "bob@example.net") == (451, GREYLIST)
-    code, text = rig.send("alice@sender.example", "bob@example.net")
+    assert rig.send("alice@sender.example", RECIPIENT) == (451, GREYLIST)
+    code, text = rig.send("alice@sender.example", RECIPIENT)
     assert code == 250, text
     log = rig.log_since(mark, "action=pass")
+    # Recipients appear as Courier rewrote them (after alias expansion).
     assert "greylist: action=greylist, reason=new, client_address=::ffff:127.0.0.1, " \
-           "sender=alice@sender.example, recipients=bob@example.net, wait=00:00:00" in log
+           "sender=alice@sender.example, recipients=" in log
+    assert "wait=00:00:00" in log
     assert "greylist: action=pass, reason=passed" in log
 
 
 def test_filter_restart_loses_no_state(rig):
-    assert rig.send("carol@sender.example", "bob@example.net")[0] == 451
+    assert rig.send("carol@sender.example", RECIPIENT)[0] == 451
     rig.restart_filter()
-    assert rig.send("carol@sender.example", "bob@example.net")[0] == 250
+    assert rig.send("carol@sender.example", RECIPIENT)[0] == 250
 
 
 def test_courier_restart_loses_no_state(rig):
-    assert rig.send("dave@sender.example", "bob@example.net")[0] == 451
+    assert rig.send("dave@sender.example", RECIPIENT)[0] == 451
     rig.restart_courier()
-    assert rig.send("dave@sender.example", "bob@example.net")[0] == 250
-    assert rig.send("alice@sender.example", "bob@example.net")[0] == 250  # from the first test
+    assert rig.send("dave@sender.example", RECIPIENT)[0] == 250
+    assert rig.send("alice@sender.example", RECIPIENT)[0] == 250  # from the first test
