@@ -53,6 +53,10 @@ from . import (
 
 LOCK_NAME = "greylist.lock"
 _HEADER = struct.Struct("<Qd")  # generation, time of the last purge
+# A byte after the header: set while a writer applies its changes.  Found set
+# by the next holder, it means a writer died in the middle of a write.
+_DIRTY_OFFSET = _HEADER.size
+_MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
 _PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
@@ -159,12 +163,12 @@ class StoreLock:
         # The header is read and written through a shared mapping: no system
         # call, so the lock holder never gives up the GIL for it.
         if self._header is None and self._fd is not None:
-            if os.fstat(self._fd).st_size < _HEADER.size:
+            if os.fstat(self._fd).st_size < _MAPPED:
                 if self.readonly:
                     return None
-                os.ftruncate(self._fd, _HEADER.size)  # only ever grows it: safe at any time
+                os.ftruncate(self._fd, _MAPPED)  # only ever grows it: safe at any time
             access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
-            self._header = mmap.mmap(self._fd, _HEADER.size, access=access)
+            self._header = mmap.mmap(self._fd, _MAPPED, access=access)
         return self._header
 
     def read_header(self) -> Tuple[int, float]:
@@ -177,6 +181,17 @@ class StoreLock:
         header = self._header or self._map_header()
         if header is not None and not self.readonly:
             _HEADER.pack_into(header, 0, generation, last_purge)
+
+    @property
+    def dirty(self) -> bool:
+        header = self._header or self._map_header()
+        return header is not None and header[_DIRTY_OFFSET] == 1
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        header = self._header or self._map_header()
+        if header is not None and not self.readonly:
+            header[_DIRTY_OFFSET] = 1 if value else 0
 
     def close(self) -> None:
         if self._header is not None:
@@ -267,6 +282,46 @@ class _GdbmTable(_MappingTable):
     def refresh(self) -> None:
         self._db.close()
         self._db = self._open()
+
+    def salvage(self) -> int:
+        """After a writer died mid-write: check the file, rebuild it if it is damaged.
+
+        gdbm updates a bucket, the directory and the header with separate
+        writes; a SIGKILL between them can leave a bucket that no longer
+        reads.  Every entry that still reads is copied into a new file,
+        which replaces the old one.  Returns how many entries were lost
+        (counted as the keys the walk could not reach: unknown, so -1).
+        """
+        if self.readonly:
+            return 0
+        try:
+            key = self._db.firstkey()
+            while key is not None:
+                self._db[key]
+                key = self._db.nextkey(key)
+            return 0  # intact
+        except (self._gnu.error, KeyError):
+            pass
+        rebuilt = self.base + ".salvage"
+        copy = self._gnu.open(rebuilt, "nu", _FILE_MODE)
+        try:
+            try:
+                key = self._db.firstkey()
+                while key is not None:
+                    try:
+                        copy[key] = self._db[key]
+                    except KeyError:
+                        pass
+                    key = self._db.nextkey(key)
+            except self._gnu.error:
+                pass  # the walk stops at the damaged bucket
+        finally:
+            copy.close()
+        self._db.close()
+        os.rename(rebuilt, self.base)
+        _fsync_directory(os.path.dirname(self.base) or ".")
+        self._db = self._open()
+        return -1
 
     def scanner(self) -> Callable[[], Optional[list]]:
         # gdbm walks on from a key that must exist: each batch ends with the
@@ -679,6 +734,7 @@ class DbmStore(Store):
         self._tables: dict = {}
         self._generation = -1
         self._wrote = False
+        self.salvaged: list = []  # files rebuilt after a writer died mid-write
         try:
             # A large dbm.dumb index is read before taking the lock, so that a
             # second process starting up does not hold up the mail of the first.
@@ -728,6 +784,8 @@ class DbmStore(Store):
                 for table in self._tables.values():
                     table.refresh()
                 self._generation = generation
+            if self._lock.dirty and not self.readonly:
+                self._salvage()
             self._wrote = False
             for table in self._tables.values():
                 table.begin()
@@ -739,8 +797,18 @@ class DbmStore(Store):
         try:
             for table in self._tables.values():
                 table.end()
+            if self._wrote:
+                self._lock.dirty = False  # every change of this hold is in the files
         finally:
             self._lock.release()
+
+    def _salvage(self) -> None:
+        """A writer died while applying its changes: repair what it may have damaged."""
+        self.note_write()
+        for table in self._tables.values():
+            salvage = getattr(table, "salvage", None)
+            if salvage is not None and salvage():
+                self.salvaged.append(table.base)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -758,6 +826,7 @@ class DbmStore(Store):
             generation, last_purge = self._lock.read_header()
             self._generation = generation + 1
             self._lock.write_header(self._generation, last_purge)
+            self._lock.dirty = True
 
     def transaction(self) -> _DbmTransaction:
         return _DbmTransaction(self)
