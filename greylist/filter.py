@@ -222,6 +222,11 @@ class GreylistFilter:
                     tx.delete(table, write.key)
                 else:
                     tx.set(table, write.key, write.timestamp)
+        repaired = getattr(self.store, "salvaged", None)
+        if repaired:
+            self.log("greylist: rebuilt after a writer died while writing (entries past the damage "
+                     f"are forgotten): {', '.join(repaired)}")
+            repaired.clear()
         return decision
 
     # --- purging -----------------------------------------------------------------
