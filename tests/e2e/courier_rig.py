@@ -17,8 +17,10 @@ import pwd
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,11 +28,11 @@ PACKAGES = ["courier-mta", "rsyslog"]
 PORT = 2525
 BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
-# A local address, delivered to a program that discards it: a relayed domain
-# would make Courier look it up in DNS when the client names it.
-RECIPIENT = "greylist-e2e-sink@localhost"
+# A domain this Courier accepts mail for; deliveries go to a dead loopback port.
+RECIPIENT = "bob@example.net"
 CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/courier/esmtproutes",
-           "/etc/courier/aliases/greylist-e2e", "/etc/pythonfilter.conf",
+           "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
+           "/etc/pythonfilter.conf",
            "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter"]
 
 
@@ -48,6 +50,39 @@ def unavailable() -> str:
     if shutil.which("apt-get") is None and shutil.which("courier-config") is None:
         return "needs apt-get to install Courier"
     return ""
+
+
+class _NxdomainServer:
+    """A DNS server on 127.0.0.1:53 that answers every query NXDOMAIN, at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 53))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except OSError:
+                continue
+            if len(query) < 12:
+                continue
+            # Same id and question; QR set, RD copied, RA set, RCODE 3; no answers.
+            flags = 0x8000 | (query[2] << 8 & 0x0100) | 0x0080 | 3
+            reply = query[:2] + flags.to_bytes(2, "big") + query[4:6] + b"\0\0\0\0\0\0" + query[12:]
+            try:
+                self.sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
 
 
 class CourierRig:
@@ -128,18 +163,26 @@ class CourierRig:
                       if not line.startswith(("127.0.0.1", ":0000:0000:0000:0000:0000:0000:0000:0001"))]
         with open("/etc/courier/smtpaccess/default", "w") as handle:
             handle.write("\n".join(access + ["127.0.0.1\tallow"]) + "\n")
-        with open("/etc/courier/aliases/greylist-e2e", "w") as handle:
-            handle.write("greylist-e2e-sink: |/bin/cat >/dev/null\n")
+        with open("/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "w") as handle:
+            handle.write("example.net\n")
         with open("/etc/courier/esmtproutes", "w") as handle:
-            # Any mail going out (a bounce) goes to a dead port on loopback, never to DNS.
+            # Any mail going out goes to a dead port on loopback.
             handle.write(":[127.0.0.2],9\n")
         run("makesmtpaccess")
-        run("makealiases")
+        run("makeacceptmailfor")
+        # Courier's own resolver asks the nameservers of /etc/resolv.conf: for the
+        # test it asks one on loopback that answers every question "no such domain".
+        self.dns = _NxdomainServer()
+        with open("/etc/resolv.conf", "w") as handle:
+            handle.write("nameserver 127.0.0.1\n")
 
     def _start(self) -> None:
         if run("pgrep", "-x", "rsyslogd", check=False).returncode != 0:
             run("rsyslogd")
             self.rsyslog_pid = int(open("/run/rsyslogd.pid").read())
+        # Courier asks the authentication daemon about every recipient; without it
+        # each RCPT waits 8 s and is refused "556 Address unavailable".
+        run("authdaemond", "start")
         run("courier", "start")
         run("courierfilter", "start")
         run("filterctl", "start", "pythonfilter")
@@ -191,6 +234,7 @@ class CourierRig:
 
     def restart_courier(self) -> None:
         self._stop_daemons()
+        run("authdaemond", "start")
         run("courier", "start")
         run("courierfilter", "start")
         run("esmtpd", "start")
@@ -222,7 +266,8 @@ class CourierRig:
     # tear-down
 
     def _stop_daemons(self) -> None:
-        for command in (["esmtpd", "stop"], ["courierfilter", "stop"], ["courier", "stop"]):
+        for command in (["esmtpd", "stop"], ["courierfilter", "stop"], ["courier", "stop"],
+                        ["authdaemond", "stop"]):
             run(*command, check=False)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -247,6 +292,8 @@ class CourierRig:
             if os.path.lexists(saved):
                 shutil.copy2(saved, path, follow_symlinks=False)
         run("makesmtpaccess", check=False)
-        run("makealiases", check=False)
+        run("makeacceptmailfor", check=False)
+        if getattr(self, "dns", None) is not None:
+            self.dns.close()
         shutil.rmtree(self.saved, ignore_errors=True)
         shutil.rmtree(BASE, ignore_errors=True)

@@ -1,16 +1,15 @@
 """Proven with the real Courier MTA: SMTP in, greylisting reply out.
 
 WORK IN PROGRESS (issue "Proven with the real Courier MTA"): not run by .ci/run
-yet.  The rig installs and starts Courier and the filter comes up ("Initialized
-the "greylist" python filter" in the mail log), but every RCPT waits 8 s and is
-refused: "556 Address unavailable." for a relayed domain (example.net in
-esmtpacceptmailfor, whatever esmtproutes says), "513 Syntax error." for the
-local alias used now.  The 8 s look like Courier's own resolver timing out (the
-machine's getaddrinfo fails at once); the first set-up made by hand answered at
-once and the filter gave 451 then 250 at the end of DATA, and the same commands
-by hand later failed like the rig.  Next: find which look-up runs at MAIL/RCPT
-(BOFHCHECKDNS=0 and -nodnslookup are set) or point Courier at a resolver on
-loopback that answers NXDOMAIN at once.
+yet.  The rig installs and starts Courier (and authdaemond), the filter comes
+up ("Initialized the "greylist" python filter" in the mail log), but every RCPT
+waits 8 s and is refused "556 Address unavailable.".  Not DNS: the rig points
+/etc/resolv.conf at a loopback server that answers NXDOMAIN, and it receives no
+query.  The first set-up made by hand this session (same settings, applied with
+sed, right after apt-get installed courier-mta and its postinst started its
+daemons) answered at once: 451 at the end of DATA, then 250, and the decision
+lines in the mail log.  Next: compare the daemons running then (the package's
+own start) with the rig's, e.g. strace -f the esmtpd child during RCPT.
 Run with: python -m pytest -m e2e tests/e2e
 """
 
