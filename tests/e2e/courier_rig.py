@@ -29,7 +29,10 @@ PORT = 2525
 BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
 # A domain this Courier accepts mail for; deliveries go to a dead loopback port.
-RECIPIENT = "bob@example.net"
+# Courier remembers an address whose delivery failed (/var/lib/courier/track)
+# and refuses it for a while ("556 Address unavailable" after an 8 s delay):
+# every run and every test uses addresses of its own.
+DOMAIN = "example.net"
 CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/courier/esmtproutes",
            "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
            "/etc/pythonfilter.conf",
@@ -88,6 +91,7 @@ class _NxdomainServer:
 class CourierRig:
     def __init__(self, greylist_time: int = 0) -> None:
         self.saved = tempfile.mkdtemp(prefix="greylist-e2e-saved-")
+        self.token = os.urandom(4).hex()
         self.rsyslog_pid = None
         self._install_packages()
         self._save()
@@ -164,7 +168,7 @@ class CourierRig:
         with open("/etc/courier/smtpaccess/default", "w") as handle:
             handle.write("\n".join(access + ["127.0.0.1\tallow"]) + "\n")
         with open("/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "w") as handle:
-            handle.write("example.net\n")
+            handle.write(f"{DOMAIN}\n")
         with open("/etc/courier/esmtproutes", "w") as handle:
             # Any mail going out goes to a dead port on loopback.
             handle.write(":[127.0.0.2],9\n")
@@ -203,6 +207,10 @@ class CourierRig:
 
     # use
 
+    def address(self, name: str) -> str:
+        """A recipient address no earlier run has used."""
+        return f"{name}-{self.token}@{DOMAIN}"
+
     def send(self, sender: str, recipient: str) -> tuple:
         """One SMTP transaction; the reply to DATA as (code, text)."""
         client = smtplib.SMTP("127.0.0.1", PORT, timeout=30)
@@ -225,9 +233,12 @@ class CourierRig:
                 client.close()
 
     def restart_filter(self) -> None:
+        """filterctl stop, then start once the old dispatcher has exited (as a person would)."""
         run("filterctl", "stop", "pythonfilter")
         deadline = time.monotonic() + 30
-        while os.path.exists("/var/lib/courier/allfilters/pythonfilter") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+                os.path.exists("/var/lib/courier/allfilters/pythonfilter")
+                or run("pgrep", "-f", "filters/active/pythonfilter", check=False).returncode == 0):
             time.sleep(0.1)
         run("filterctl", "start", "pythonfilter")
         self.wait_ready()
