@@ -181,6 +181,8 @@ class CourierRig:
             handle.write("nameserver 127.0.0.1\n")
 
     def _start(self) -> None:
+        # The package's own scripts may have started Courier with its old settings.
+        self._stop_daemons()
         if run("pgrep", "-x", "rsyslogd", check=False).returncode != 0:
             run("rsyslogd")
             self.rsyslog_pid = int(open("/run/rsyslogd.pid").read())
