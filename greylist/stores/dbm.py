@@ -858,22 +858,13 @@ class DbmStore(Store):
         candidates = _KeyList()
         examined = removed = 0
         try:
-            with self.locked():
-                next_keys = self._tables[table].scanner()
-            while True:
-                with self.locked():
-                    db = self._tables[table]
-                    batch = next_keys()
-                    if batch is None:
-                        break
-                    for key in batch:
-                        raw = db.get(key)
-                        if raw is not None and expired(raw):
-                            candidates.append(key)
-                    examined += len(batch)
+            for rows in self._walk(table):
+                for key, raw in rows:
+                    if raw is not None and expired(raw):
+                        candidates.append(key)
+                examined += len(rows)
                 if progress is not None:
                     progress(examined)
-                self._lock.let_others_in()
             for chunk in candidates.chunks(_BATCH):
                 with self.locked():
                     db = self._tables[table]
@@ -889,7 +880,8 @@ class DbmStore(Store):
             raise StoreError(f"purge of {table} in {self.directory}: {error}") from error
         return removed
 
-    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+    def _walk(self, table: str) -> Iterator[list]:
+        """Every (key, raw value) of a table, a batch per hold of the lock."""
         with self.locked():
             next_keys = self._tables[table].scanner()
         while True:
@@ -899,6 +891,11 @@ class DbmStore(Store):
                 if batch is None:
                     return
                 rows = [(key, db.get(key)) for key in batch]
+            yield rows
+            self._lock.let_others_in()
+
+    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+        for rows in self._walk(table):
             for key, raw in rows:
                 if raw is not None:
                     yield key.decode("latin-1"), parse_timestamp(raw)
