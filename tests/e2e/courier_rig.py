@@ -34,6 +34,7 @@ MAIL_LOG = "/var/log/mail.log"
 # every run and every test uses addresses of its own.
 DOMAIN = "example.net"
 CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/courier/esmtproutes",
+           "/etc/pythonfilter-modules.conf",
            "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
            "/etc/pythonfilter.conf",
            "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter"]
@@ -89,7 +90,10 @@ class _NxdomainServer:
 
 
 class CourierRig:
-    def __init__(self, greylist_time: int = 0) -> None:
+    def __init__(self, greylist_time: int = 0, filter_name: str = "courier_greylist") -> None:
+        """``filter_name``: the pythonfilter.conf line: this package ("courier_greylist"),
+        courier-pythonfilter's own module ("greylist"), or "" for no filter (benchmarks)."""
+        self.filter_name = filter_name
         self.saved = tempfile.mkdtemp(prefix="greylist-e2e-saved-")
         self.token = os.urandom(4).hex()
         self.rsyslog_pid = None
@@ -140,7 +144,9 @@ class CourierRig:
         os.chmod(self.config, 0o644)
         run(os.path.join(venv, "bin", "greylist"), "install", "--config", self.config)
         with open("/etc/pythonfilter.conf", "w") as handle:
-            handle.write("courier_greylist\n")
+            handle.write(f"{self.filter_name}\n" if self.filter_name else "")
+        if self.filter_name == "greylist":  # the reference reads only the standard files
+            shutil.copy2(self.config, "/etc/pythonfilter-modules.conf")
         if os.path.lexists("/usr/lib/courier/filters/pythonfilter"):
             os.unlink("/usr/lib/courier/filters/pythonfilter")
         os.symlink(os.path.join(venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
