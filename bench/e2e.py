@@ -60,7 +60,10 @@ def run_phase(messages: list, clients: int) -> list:
                 sender, recipient = work.get_nowait()
             except queue.Empty:
                 return
-            outcome = transaction(sender, recipient)
+            try:
+                outcome = transaction(sender, recipient)
+            except (OSError, smtplib.SMTPException) as error:
+                outcome = (0, f"connection failed: {error}", 0.0)
             with lock:
                 results.append(outcome)
 
@@ -95,6 +98,7 @@ def measure(filter_name: str, count: int, clients: int) -> dict:
         "slow": sum(seconds >= 1.0 for seconds in times),
         "internal": sum(code >= 400 and ("Internal" in text or "4.3.0" in text)
                         for code, text, _ in replies),
+        "failed": sum(code == 0 for code, _, _ in replies),
         "greylisted": sum(code == 451 for code, _, _ in first),
         "passed": sum(code == 250 for code, _, _ in retry),
     }
@@ -116,10 +120,10 @@ def main() -> int:
     print(f"{args.clients} SMTP clients, {args.messages} new then {args.messages} retried messages, "
           "reply time at the end of DATA")
     print(f"{'filter':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'p99-base':>9} {'>=1s':>5} "
-          f"{'internal':>9} {'451 first':>10} {'250 retry':>10}")
+          f"{'internal':>9} {'failed':>7} {'451 first':>10} {'250 retry':>10}")
     for label, r in rows.items():
         print(f"{label:<10} {r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {r['max'] * 1000:>8.1f} "
-              f"{(r['p99'] - base) * 1000:>+9.1f} {r['slow']:>5} {r['internal']:>9} "
+              f"{(r['p99'] - base) * 1000:>+9.1f} {r['slow']:>5} {r['internal']:>9} {r['failed']:>7} "
               f"{r['greylisted']:>10} {r['passed']:>10}")
     return 0
 

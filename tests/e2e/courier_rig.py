@@ -155,8 +155,8 @@ class CourierRig:
         """A test host's needs: loopback port, a remote-looking client, no network."""
         with open("/etc/courier/esmtpd") as handle:
             lines = handle.read().splitlines()
-        settings = {"ADDRESS": "127.0.0.1", "PORT": str(PORT), "MAXPERIP": "100", "BOFHCHECKDNS": "0",
-                    "ESMTPDSTART": "YES",
+        settings = {"ADDRESS": "127.0.0.1", "PORT": str(PORT), "MAXPERIP": "100", "MAXPERC": "100",
+                    "BOFHCHECKDNS": "0", "ESMTPDSTART": "YES",
                     "TCPDOPTS": '"-stderrlogger=/usr/sbin/courierlogger -noidentlookup -nodnslookup"'}
         # In place: the file is sourced by a shell script that exports the names it set.
         missing = dict(settings)
