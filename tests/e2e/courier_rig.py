@@ -127,17 +127,17 @@ class CourierRig:
 
     def _install_filter(self, greylist_time: int) -> None:
         """README steps 1 to 4."""
-        shutil.rmtree(BASE, ignore_errors=True)
-        os.makedirs(BASE)
-        os.chmod(BASE, 0o755)
-        venv = os.path.join(BASE, "venv")
+        self.base = f"{BASE}-{self.token}"  # a directory of this run's own
+        os.makedirs(self.base)
+        os.chmod(self.base, 0o755)
+        venv = os.path.join(self.base, "venv")
         run("/usr/bin/python3", "-m", "venv", venv)
         run(os.path.join(venv, "bin", "pip"), "install", "-q", REPO, timeout=600)
-        self.store = os.path.join(BASE, "store")
+        self.store = os.path.join(self.base, "store")
         courier = pwd.getpwnam("courier")
         os.makedirs(self.store, mode=0o700)
         os.chown(self.store, courier.pw_uid, courier.pw_gid)
-        self.config = os.path.join(BASE, "pythonfilter-modules.conf")
+        self.config = os.path.join(self.base, "pythonfilter-modules.conf")
         with open(self.config, "w") as handle:
             handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n\n"
                          f"[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
@@ -315,4 +315,5 @@ class CourierRig:
         if getattr(self, "dns", None) is not None:
             self.dns.close()
         shutil.rmtree(self.saved, ignore_errors=True)
-        shutil.rmtree(BASE, ignore_errors=True)
+        if getattr(self, "base", None):
+            shutil.rmtree(self.base, ignore_errors=True)
