@@ -68,7 +68,6 @@ class Verdict:
     client_address: Optional[str] = None
     client_name: Optional[str] = None
     recipients: list = field(default_factory=list)
-    network: Optional[str] = None
     decision: Optional[policy.Decision] = None
     error: Optional[str] = None
 
@@ -182,7 +181,6 @@ class GreylistFilter:
             return verdict
 
         network = client_network(address, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
-        verdict.network = network
         sender = envelope.sender.lower()
         keys = [triplet_key(sender, recipient.lower(), network)
                 for recipient in envelope.recipients]

@@ -14,8 +14,8 @@ import ast
 import configparser
 import operator
 import sys
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Sequence
 
 GREYLIST_SECTION = "greylist.py"
 TTLDB_SECTION = "ttldb"
@@ -278,14 +278,3 @@ def load_settings(
                 if name is not None:
                     values[name] = value
     return Settings(sources=tuple(sources), **values)
-
-
-def settings_from_mapping(mapping: Mapping[str, Any], base: Optional[Settings] = None) -> Settings:
-    """Build settings from already-parsed values (tests, the CLI)."""
-    known = {f.name for f in fields(Settings)}
-    unknown = set(mapping) - known
-    if unknown:
-        raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return replace(base or Settings(), **dict(mapping))
-
-

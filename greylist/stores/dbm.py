@@ -283,23 +283,23 @@ class _GdbmTable(_MappingTable):
         self._db.close()
         self._db = self._open()
 
-    def salvage(self) -> int:
+    def salvage(self) -> bool:
         """After a writer died mid-write: check the file, rebuild it if it is damaged.
 
         gdbm updates a bucket, the directory and the header with separate
         writes; a SIGKILL between them can leave a bucket that no longer
         reads.  Every entry that still reads is copied into a new file,
-        which replaces the old one.  Returns how many entries were lost
-        (counted as the keys the walk could not reach: unknown, so -1).
+        which replaces the old one; entries past the damage in the walk's
+        order are lost.  Returns True when the file was rebuilt.
         """
         if self.readonly:
-            return 0
+            return False
         try:
             key = self._db.firstkey()
             while key is not None:
                 self._db[key]
                 key = self._db.nextkey(key)
-            return 0  # intact
+            return False  # intact
         except (self._gnu.error, KeyError):
             pass
         rebuilt = self.base + ".salvage"
@@ -321,7 +321,7 @@ class _GdbmTable(_MappingTable):
         os.rename(rebuilt, self.base)
         _fsync_directory(os.path.dirname(self.base) or ".")
         self._db = self._open()
-        return -1
+        return True
 
     def scanner(self) -> Callable[[], Optional[list]]:
         # gdbm walks on from a key that must exist: each batch ends with the
