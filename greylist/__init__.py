@@ -35,13 +35,18 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
     except (SettingsError, StoreError) as error:
         stderr_line(f"greylist: cannot start: {error}")
         sys.exit(1)
-    _filter = GreylistFilter(settings, store)
+    try:
+        _filter = GreylistFilter(settings, store)
+    except SettingsError as error:
+        store.close()
+        stderr_line(f"greylist: cannot start: {error}")
+        sys.exit(1)
     stderr_line('Initialized the "greylist" python filter')
 
 
 def doFilter(body_path: str, control_paths: Sequence[str]) -> str:
     """Return '' to accept the message, or a 4xx reply while it is greylisted."""
     if _filter is None:
-        stderr_line("greylist: action=accept, reason=not-initialized")
+        stderr_line("greylist: action=pass, reason=not-initialized")
         return ""
     return _filter.do_filter(body_path, control_paths)

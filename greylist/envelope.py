@@ -77,6 +77,28 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
+def read_header_block(body_path: str, limit: int = 65536) -> bytes:
+    """The start of the message file, up to its first blank line (or ``limit`` bytes).
+
+    Returns b"" when the file cannot be read: a missing header only means
+    no SPF verdict, never a failed message.
+    """
+    try:
+        fd = os.open(body_path, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError, TypeError):
+        return b""
+    try:
+        data = os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    end = data.find(b"\n\n")
+    if end < 0:
+        end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 1]
+
+
 def read_envelope(control_paths: Sequence[str]) -> Envelope:
     """Read sender, undelivered recipients and client address.
 

@@ -8,10 +8,10 @@ Replies for bad input (documented in the README):
 =============================================  ===========================================
 control file missing or unreadable              ``451 Internal failure locating control files``
 no sender record                                ``451 Internal failure locating control files``
-null sender (bounces)                           accept
-no ``OTCPREMOTEIP`` (locally submitted mail)    accept
-client address that is not an IP address        accept
-no undelivered recipient                        accept
+null sender (bounces)                           accept (``action=pass, reason=null-sender``)
+no ``OTCPREMOTEIP`` (locally submitted mail)    accept (``reason=no-client-ip``)
+client address that is not an IP address        accept (``reason=bad-client-ip``)
+no undelivered recipient                        accept (``reason=no-recipients``)
 store failure while deciding                    accept, or the tempfail reply when
                                                 ``on_store_error = 'tempfail'``
 =============================================  ===========================================
@@ -20,6 +20,7 @@ store failure while deciding                    accept, or the tempfail reply wh
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import sys
 import threading
 import time
@@ -27,10 +28,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from . import policy
-from .envelope import EnvelopeError, read_envelope
-from .settings import Settings
-from .stores import NOT_PASSED_TABLE, PASSED_TABLE, Store, StoreError
-from .triplet import InvalidClientAddress, client_network, parse_client_ip, triplet_key
+from .envelope import EnvelopeError, read_envelope, read_header_block
+from .relay import SmtpAccess, SmtpAccessError
+from .relay import default_path as relay_default_path
+from .senders import normalize_sender
+from .settings import Settings, SettingsError
+from .spf import spf_pass_domain
+from .stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE, Store, StoreError
+from .triplet import InvalidClientAddress, IPAddress, client_network, parse_client_ip, triplet_key
+from .whitelist import WhitelistEntryError
+from .whitelist import build as build_whitelist
+from .whitelist_files import WhitelistFileError, WhitelistFiles
 
 INTERNAL_FAILURE_REPLY = "451 Internal failure locating control files"
 STORE_FAILURE_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
@@ -62,7 +70,7 @@ class Verdict:
     """The outcome for one message: the reply and why."""
 
     reply: str
-    action: str  # pass | greylist | accept | error
+    action: str  # pass | greylist | whitelist | learn | error
     reason: str
     sender: Optional[str] = None
     client_address: Optional[str] = None
@@ -70,9 +78,13 @@ class Verdict:
     recipients: list = field(default_factory=list)
     decision: Optional[policy.Decision] = None
     error: Optional[str] = None
+    spf_domain: Optional[str] = None  # the triplets were keyed by this SPF-passed domain
+    whitelisted_recipients: int = 0  # recipients left out of greylisting by a whitelist
 
     def log_line(self) -> str:
-        parts = [f"action={self.action}", f"reason={self.reason}"]
+        parts = [f"action={self.action}", f"reason={log_safe(self.reason)}"]
+        if self.action == "learn":
+            parts.append("would=greylist")
         if self.client_address is not None:
             parts.append(f"client_address={log_safe(self.client_address)}")
         if self.client_name:
@@ -83,6 +95,8 @@ class Verdict:
             shown = ",".join(log_safe(r, 100) for r in self.recipients[:5])
             more = f",+{len(self.recipients) - 5}" if len(self.recipients) > 5 else ""
             parts.append(f"recipients={shown}{more}")
+        if self.spf_domain:
+            parts.append(f"spf_domain={log_safe(self.spf_domain)}")
         if self.decision is not None and not self.decision.accept:
             parts.append(f"wait={policy.format_wait(self.decision.wait)}")
         if self.decision is not None:
@@ -103,6 +117,11 @@ def _client_name(received_from: Optional[str]) -> Optional[str]:
     return name or None
 
 
+def network_of(address: IPAddress, prefix: int) -> str:
+    """A client network in CIDR notation: the auto-whitelist's key."""
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
 class GreylistFilter:
     """The filter: settings and a store, applied to messages."""
 
@@ -114,6 +133,7 @@ class GreylistFilter:
         log: Callable[[str], None] = stderr_line,
         purge: str = "background",  # background | inline | never
     ) -> None:
+        """Raises SettingsError when a whitelist file or smtpaccess cannot be read."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -130,6 +150,17 @@ class GreylistFilter:
         # the whole decision avoids a convoy on the store lock.
         self._turn = threading.Lock() if store.decisions_take_turns else contextlib.nullcontext()
         self._last_purge_check = float("-inf")
+        self.whitelists: Optional[WhitelistFiles] = None
+        self.smtpaccess: Optional[SmtpAccess] = None
+        try:
+            base = build_whitelist(settings.whitelist_clients, settings.whitelist_senders,
+                                   settings.whitelist_recipients)
+            if base or settings.whitelist_files:
+                self.whitelists = WhitelistFiles(base, settings.whitelist_files, log)
+            if settings.skip_relayclients:
+                self.smtpaccess = SmtpAccess(settings.smtpaccess_file or relay_default_path())
+        except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
+            raise SettingsError(str(error)) from None
 
     # --- the dispatcher's call ---------------------------------------------------
 
@@ -137,7 +168,7 @@ class GreylistFilter:
         """Decide one message; always returns a reply string, never raises."""
         try:
             with self._turn:
-                verdict = self.check(control_paths)
+                verdict = self.check(control_paths, body_path)
         except Exception as error:  # the last net: nothing escapes into the dispatcher
             self.log(f"greylist: action=error, reason=internal, error={log_safe(repr(error))}")
             return self._store_failure_reply()
@@ -150,13 +181,13 @@ class GreylistFilter:
 
     # --- the decision ------------------------------------------------------------
 
-    def check(self, control_paths: Sequence[str]) -> Verdict:
+    def check(self, control_paths: Sequence[str], body_path: Optional[str] = None) -> Verdict:
         """Decide one message and record it; the Verdict says what and why."""
         try:
             envelope = read_envelope(control_paths)
         except EnvelopeError as error:
             return Verdict(INTERNAL_FAILURE_REPLY, "error", "control-file", error=str(error))
-        verdict = Verdict("", "accept", "", sender=envelope.sender,
+        verdict = Verdict("", "pass", "", sender=envelope.sender,
                           client_address=envelope.client_ip,
                           client_name=_client_name(envelope.received_from),
                           recipients=envelope.recipients)
@@ -179,18 +210,60 @@ class GreylistFilter:
         if not envelope.recipients:
             verdict.reason = "no-recipients"
             return verdict
-
-        network = client_network(address, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
+        settings = self.settings
         sender = envelope.sender.lower()
-        keys = [triplet_key(sender, recipient.lower(), network)
-                for recipient in envelope.recipients]
+        recipients = envelope.recipients
+
+        if settings.skip_authenticated and envelope.auth_user:
+            verdict.action, verdict.reason = "whitelist", "authenticated"
+            return verdict
+        whitelist = self.whitelists.current() if self.whitelists is not None else None
+        if whitelist is not None:
+            rule = whitelist.match_client(address, verdict.client_name)
+            if rule is not None:
+                verdict.action, verdict.reason = "whitelist", f"whitelisted:client:{rule}"
+                return verdict
+        if self.smtpaccess is not None and self.smtpaccess.is_relay_client(address):
+            verdict.action, verdict.reason = "whitelist", "relayclient"
+            return verdict
+        if whitelist is not None:
+            rule = whitelist.match_sender(sender)
+            if rule is not None:
+                verdict.action, verdict.reason = "whitelist", f"whitelisted:sender:{rule}"
+                return verdict
+            if whitelist.recipients or whitelist.recipient_domains \
+                    or whitelist.recipient_subdomains or whitelist.recipient_locals:
+                # Whitelisted recipients are left out; the others still decide.
+                rules = [whitelist.match_recipient(r) for r in recipients]
+                kept = [r for r, rule in zip(recipients, rules) if rule is None]
+                if not kept:
+                    verdict.action = "whitelist"
+                    verdict.reason = f"whitelisted:recipient:{rules[0]}"
+                    return verdict
+                verdict.whitelisted_recipients = len(recipients) - len(kept)
+                recipients = kept
+
+        network = client_network(address, settings.ipv4_prefix, settings.ipv6_prefix)
+        if settings.spf_triplets and body_path:
+            verdict.spf_domain = spf_pass_domain(read_header_block(body_path), envelope.sender)
+            if verdict.spf_domain:
+                network = "spf:" + verdict.spf_domain
+        triplet_sender = normalize_sender(sender) if settings.normalize_senders else sender
+        keys = [triplet_key(triplet_sender, recipient.lower(), network) for recipient in recipients]
+        client_key = None
+        if settings.auto_whitelist_clients > 0:
+            prefix = settings.ipv4_prefix if address.version == 4 else settings.ipv6_prefix
+            client_key = network_of(address, prefix)
         now = self.clock()
         self._maybe_purge(now)
         try:
-            decision = self._decide_in_store(keys, now)
+            decision = self._decide_in_store(keys, client_key, now)
         except (StoreError, OSError) as error:
             verdict.reply, verdict.action = self._store_failure_reply(), "error"
             verdict.reason, verdict.error = "store-failure", str(error)
+            return verdict
+        if decision is None:
+            verdict.action, verdict.reason = "whitelist", "auto-whitelisted"
             return verdict
         verdict.decision = decision
         reasons = {outcome.reason for outcome in decision.outcomes}
@@ -198,14 +271,27 @@ class GreylistFilter:
             verdict.action = "pass"
             verdict.reason = "passed" if "passed" in reasons else "known"
         else:
-            verdict.action = "greylist"
+            verdict.action = "learn" if settings.learn_only else "greylist"
             verdict.reason = "early-retry" if "early-retry" in reasons else "new"
-            verdict.reply = policy.tempfail_reply(decision.wait, self.settings.reply)
+            if not settings.learn_only:
+                verdict.reply = policy.tempfail_reply(decision.wait, settings.reply)
         return verdict
 
-    def _decide_in_store(self, keys: Sequence[str], now: float) -> policy.Decision:
+    def _decide_in_store(self, keys: Sequence[str], client_key: Optional[str],
+                         now: float) -> Optional[policy.Decision]:
+        """Read, decide, write back, in one transaction; None means auto-whitelisted."""
+        decision: Optional[policy.Decision] = None
         with self.store.transaction() as tx:
-            tx.lock_and_load(keys)
+            tx.lock_and_load(keys, (client_key,) if client_key else ())
+            record = None
+            if client_key is not None:
+                record = tx.get_counted(AUTO_WHITELIST_TABLE, client_key)
+                if policy.auto_whitelisted(record, now, self.timing.passed_ttl,
+                                           self.settings.auto_whitelist_clients):
+                    update = policy.client_record_after(record, None, now, self.timing.passed_ttl)
+                    if update is not None:
+                        tx.set_counted(AUTO_WHITELIST_TABLE, client_key, *update)
+                    return None
             stored = {
                 key: policy.StoredState(
                     not_passed=tx.get(NOT_PASSED_TABLE, key),
@@ -220,6 +306,10 @@ class GreylistFilter:
                     tx.delete(table, write.key)
                 else:
                     tx.set(table, write.key, write.timestamp)
+            if client_key is not None:
+                update = policy.client_record_after(record, decision, now, self.timing.passed_ttl)
+                if update is not None:
+                    tx.set_counted(AUTO_WHITELIST_TABLE, client_key, *update)
         repaired = getattr(self.store, "salvaged", None)
         if repaired:
             self.log("greylist: rebuilt after a writer died while writing (entries past the damage "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Tuple
 
 PASSED = "passed"
 NOT_PASSED = "not_passed"
@@ -131,6 +131,49 @@ def decide(
             state[key] = StoredState(float(stamp), current.passed)
             decision.outcomes.append(Outcome(key, "new", timing.greylist_time))
     return decision
+
+
+# --- auto-whitelisting of client networks ------------------------------------------
+#
+# A network's record is (last seen, passes): passes counts the triplets of
+# that network that passed greylisting.  Once it reaches the threshold the
+# network is let through without greylisting, until it has been silent for
+# the time-to-live (then the record is expired and counting starts again).
+
+ClientRecord = Tuple[float, int]
+
+
+def _live_record(record: Optional[ClientRecord], ttl: float, now: float) -> Optional[ClientRecord]:
+    if record is None or _live(record[0], ttl, now) is None:
+        return None
+    return record
+
+
+def auto_whitelisted(record: Optional[ClientRecord], now: float, ttl: float, threshold: int) -> bool:
+    """True when the client network has earned its way past greylisting."""
+    live = _live_record(record, ttl, now)
+    return threshold > 0 and live is not None and live[1] >= threshold
+
+
+def client_record_after(record: Optional[ClientRecord], decision: Optional[Decision],
+                        now: float, ttl: float) -> Optional[Tuple[int, int]]:
+    """The network's new record after a message, or None when nothing changes.
+
+    ``decision`` is None for a message let through by the auto-whitelist
+    itself (it only refreshes the time).  Triplets that passed greylisting
+    with this message add to the count; any accepted message from a network
+    with a record keeps it alive.
+    """
+    live = _live_record(record, ttl, now)
+    passes = live[1] if live else 0
+    if decision is None:
+        return (int(now), passes) if live else None
+    newly = len({o.key for o in decision.outcomes if o.reason == "passed"})
+    if newly:
+        return int(now), passes + newly
+    if live and decision.accept:
+        return int(now), passes
+    return None
 
 
 def format_wait(seconds: float) -> str:

@@ -40,6 +40,17 @@ class Settings:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
     log_decisions: bool = True
+    whitelist_clients: tuple = ()
+    whitelist_senders: tuple = ()
+    whitelist_recipients: tuple = ()
+    whitelist_files: tuple = ()
+    auto_whitelist_clients: int = 0
+    normalize_senders: bool = False
+    spf_triplets: bool = False
+    skip_authenticated: bool = False
+    skip_relayclients: bool = False
+    smtpaccess_file: Optional[str] = None  # default: Courier's sysconfdir/smtpaccess.dat
+    learn_only: bool = False
     db_type: str = "dbm"
     db_dir: str = DEFAULT_DB_DIR
     db_host: Optional[str] = None
@@ -186,6 +197,41 @@ def _port(value: Any) -> int:
     return port
 
 
+def _entries(kind: str) -> Callable[[Any], tuple]:
+    """A list of whitelist entries of one kind, each checked now."""
+
+    def check(value: Any) -> tuple:
+        from .whitelist import Whitelist, WhitelistEntryError
+
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        probe = Whitelist()
+        for entry in value:
+            try:
+                probe.add(kind, entry)
+            except WhitelistEntryError as error:
+                raise ValueError(str(error)) from None
+        return tuple(value)
+
+    return check
+
+
+def _paths(value: Any) -> tuple:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"expected a list of file paths, got {value!r}")
+    return tuple(value)
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
+    return value
+
+
 def _db_type(value: Any) -> str:
     value = _choice("dbm", "psycopg2", "postgresql", "pg", "mysql")(value)
     if value == "mysql":
@@ -208,6 +254,17 @@ _GREYLIST_KEYS: dict = {
     "ipv4_prefix": ("ipv4_prefix", _prefix(32)),
     "ipv6_prefix": ("ipv6_prefix", _prefix(128)),
     "log_decisions": ("log_decisions", _boolean),
+    "whitelist_clients": ("whitelist_clients", _entries("client")),
+    "whitelist_senders": ("whitelist_senders", _entries("sender")),
+    "whitelist_recipients": ("whitelist_recipients", _entries("recipient")),
+    "whitelist_files": ("whitelist_files", _paths),
+    "auto_whitelist_clients": ("auto_whitelist_clients", _count),
+    "normalize_senders": ("normalize_senders", _boolean),
+    "spf_triplets": ("spf_triplets", _boolean),
+    "skip_authenticated": ("skip_authenticated", _boolean),
+    "skip_relayclients": ("skip_relayclients", _boolean),
+    "smtpaccess_file": ("smtpaccess_file", _text),
+    "learn_only": ("learn_only", _boolean),
     # The original module's debug switch; accepted and ignored.
     "doDebug": (None, _boolean),
 }

@@ -195,7 +195,7 @@ def test_store_failure_accepts_or_tempfails(env):
 def test_unexpected_exception_never_escapes(env):
     f = env.filter()
 
-    def explode(paths):
+    def explode(paths, body_path=None):
         raise RuntimeError("boom")
 
     f.check = explode

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 PASSED_TABLE = "greylist_Passed"
 NOT_PASSED_TABLE = "greylist_NotPassed"
 TABLES = (PASSED_TABLE, NOT_PASSED_TABLE)
+# Ours, opened only when auto-whitelisting is on (or the table already exists):
+# client network (CIDR text) -> last seen and how many triplets of it passed.
+AUTO_WHITELIST_TABLE = "greylist_AutoWhitelist"
+ALL_TABLES = TABLES + (AUTO_WHITELIST_TABLE,)
 # [ttldb] type values meaning PostgreSQL: the reference's driver names, and ours.
 POSTGRES_TYPES = ("psycopg2", "pg", "postgresql")
 
@@ -42,7 +46,10 @@ def parse_timestamp(raw: Optional[bytes]) -> Optional[float]:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        return None
+        try:  # a counted value, "time count" (the auto-whitelist table)
+            value = float(raw.split()[0])
+        except (TypeError, ValueError, IndexError, AttributeError):
+            return None
     if value != value or value in (float("inf"), float("-inf")):
         return None
     return value
@@ -53,11 +60,31 @@ def format_timestamp(timestamp: int) -> bytes:
     return str(int(timestamp)).encode("ascii")
 
 
+def parse_counted(raw: Optional[bytes]) -> Optional[Tuple[float, int]]:
+    """A counted value, ``b"<time> <count>"``, or None when absent or unreadable."""
+    timestamp = parse_timestamp(raw)
+    if timestamp is None:
+        return None
+    parts = raw.split()
+    try:
+        count = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+    return timestamp, max(count, 0)
+
+
+def format_counted(timestamp: int, count: int) -> bytes:
+    """Stored form of a counted value: the time first, so that purges read it as one."""
+    return f"{int(timestamp)} {int(count)}".encode("ascii")
+
+
 class Transaction(abc.ABC):
     """Reads and writes of one message, atomic with respect to other users."""
 
-    def lock_and_load(self, keys: Sequence[str]) -> None:  # noqa: B027 (a no-op unless needed)
+    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:  # noqa: B027
         """Announce the keys this transaction will use, before any get.
+
+        ``counted_keys`` are keys of the auto-whitelist table.
 
         A store that locks per key (PostgreSQL) locks them all here, in an
         order that cannot deadlock, and reads them in one go.
@@ -75,11 +102,21 @@ class Transaction(abc.ABC):
     def delete(self, table: str, key: str) -> None:
         """Forget key (no error if absent)."""
 
+    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
+        """(time, count) stored under key in a counted table, or None."""
+        raise StoreError(f"{table} holds no counted values")
+
+    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
+        """Store a time and a count under key in a counted table."""
+        raise StoreError(f"{table} holds no counted values")
+
 
 class Store(abc.ABC):
     """A place for the greylisting tables."""
 
     description: str = "store"
+    # The tables this store has open: TABLES, and AUTO_WHITELIST_TABLE when used.
+    tables: Tuple[str, ...] = TABLES
     # True when deciding is CPU work in this process (dbm): the filter then lets
     # messages take turns.  A network store wants its round trips to overlap.
     decisions_take_turns: bool = True
@@ -105,6 +142,10 @@ class Store(abc.ABC):
     def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
         """Every (key, time) of a table, for the admin commands."""
 
+    def counted_items(self, table: str) -> Iterator[Tuple[str, float, int]]:
+        """Every (key, time, count) of a counted table."""
+        raise StoreError(f"{table} holds no counted values")
+
     def claim_purge(self, now: float, interval: float) -> bool:
         """True when this caller should purge now (at most once per interval)."""
         return True
@@ -116,13 +157,15 @@ class Store(abc.ABC):
 
 def open_store(settings: Settings, readonly: bool = False) -> Store:
     """Open the store the settings name."""
+    auto_whitelist = settings.auto_whitelist_clients > 0
     if settings.db_type == "dbm":
         from .dbm import DbmStore
 
-        return DbmStore(settings.db_dir, readonly=readonly)
+        return DbmStore(settings.db_dir, readonly=readonly, auto_whitelist=auto_whitelist)
     if settings.db_type in POSTGRES_TYPES:
         from .postgres import PostgresStore
 
         return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
-                             settings.db_password, timeout=settings.db_timeout, readonly=readonly)
+                             settings.db_password, timeout=settings.db_timeout, readonly=readonly,
+                             auto_whitelist=auto_whitelist)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

@@ -42,12 +42,15 @@ import time
 from typing import Callable, Iterator, Optional, Tuple
 
 from . import (
+    AUTO_WHITELIST_TABLE,
     TABLES,
     Store,
     StoreError,
     StoreOpenError,
     Transaction,
+    format_counted,
     format_timestamp,
+    parse_counted,
     parse_timestamp,
 )
 
@@ -704,15 +707,25 @@ class _DbmTransaction(Transaction):
         self._store.note_write()
         self._tables[table].delete(key.encode("latin-1"))
 
+    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
+        return parse_counted(self._tables[table].get(key.encode("latin-1")))
+
+    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_counted(timestamp, count))
+
 
 class DbmStore(Store):
     """The two reference dbm files in one directory, under one lock."""
 
-    def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None) -> None:
+    def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None,
+                 auto_whitelist: bool = False) -> None:
         """Open (creating if needed) the store in ``directory``.
 
         ``flavour`` chooses the dbm flavour of files that do not exist yet;
-        by default it is the one stdlib ``dbm.open`` would create.
+        by default it is the one stdlib ``dbm.open`` would create.  The
+        auto-whitelist table is opened when ``auto_whitelist`` asks for it
+        or when its file exists already (so the admin commands see it).
         """
         self.directory = directory
         self.readonly = readonly
@@ -732,18 +745,21 @@ class DbmStore(Store):
                                  f"by uid {os.geteuid()}")
         self._lock = StoreLock(os.path.join(directory, LOCK_NAME), readonly)
         self._tables: dict = {}
+        self.tables = TABLES
+        if auto_whitelist or dbm.whichdb(os.path.join(directory, AUTO_WHITELIST_TABLE)):
+            self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
         self._generation = -1
         self._wrote = False
         self.salvaged: list = []  # files rebuilt after a writer died mid-write
         try:
             # A large dbm.dumb index is read before taking the lock, so that a
             # second process starting up does not hold up the mail of the first.
-            for name in TABLES:
+            for name in self.tables:
                 base = os.path.join(directory, name)
                 if dbm.whichdb(base) == "dbm.dumb":
                     self._tables[name] = _DumbTable(base, readonly, locked=False)
             with self._lock.held():
-                for name in TABLES:
+                for name in self.tables:
                     if name in self._tables:
                         self._tables[name].refresh()  # what was written meanwhile; a torn line
                     else:
@@ -899,6 +915,13 @@ class DbmStore(Store):
             for key, raw in rows:
                 if raw is not None:
                     yield key.decode("latin-1"), parse_timestamp(raw)
+
+    def counted_items(self, table: str) -> Iterator[Tuple[str, float, int]]:
+        for rows in self._walk(table):
+            for key, raw in rows:
+                counted = parse_counted(raw)
+                if counted is not None:
+                    yield key.decode("latin-1"), counted[0], counted[1]
 
     def compact(self) -> None:
         """Tidy the files now (dbm.dumb: drop deleted keys from the index)."""

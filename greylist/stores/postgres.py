@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-from . import TABLES, Store, StoreError, StoreOpenError, Transaction
+from . import AUTO_WHITELIST_TABLE, TABLES, Store, StoreError, StoreOpenError, Transaction
 
 _PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
 _PURGE_BATCH = 1000
@@ -75,12 +75,12 @@ class _PgTransaction(Transaction):
             self._store._forget(conn)
             raise StoreError(f"PostgreSQL: {' '.join(str(error).split())}") from error
 
-    def lock_and_load(self, keys: Sequence[str]) -> None:
-        """BEGIN, take the triplets' advisory locks, then read them."""
+    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:
+        """BEGIN, take the advisory locks of the triplets (and networks), then read them."""
         psycopg = self._store._psycopg
-        unique = sorted(set(keys))
+        unique, counted = sorted(set(keys)), sorted(set(counted_keys))
         try:
-            self._load(unique)
+            self._load(unique, counted)
         except psycopg.OperationalError:
             if self._writes:
                 raise
@@ -89,27 +89,38 @@ class _PgTransaction(Transaction):
             self._store._forget(self._conn)
             self._conn = self._store._connection()
             self._began = False
-            self._load(unique)
+            self._load(unique, counted)
 
-    def _load(self, keys: Sequence[str]) -> None:
+    def _load(self, keys: Sequence[str], counted: Sequence[str]) -> None:
         quote = self._store._quote
-        literals = [quote(key) for key in keys]  # sorted: every host locks in the same order
-        listed = ", ".join(literals)
+        # Sorted: every host locks in the same order, so no two wait on each other.
+        literals = [quote(key) for key in sorted(set(keys) | set(counted))]
         # Separate statements: under READ COMMITTED each reads what was
         # committed when it began, so the reads must begin after the locks.
         statements = [] if self._began else ["BEGIN"]
         statements += [f"SELECT pg_advisory_xact_lock(hashtextextended({literal}, 0))"
                        for literal in literals]
-        statements.append(
-            f"SELECT 0, rtrim(id), value FROM {TABLES[0]} WHERE id IN ({listed}) "
-            f"UNION ALL SELECT 1, rtrim(id), value FROM {TABLES[1]} WHERE id IN ({listed})")
+        reads = []
+        if keys:
+            listed = ", ".join(quote(key) for key in keys)
+            reads += [f"SELECT {which}, rtrim(id), value, 0 FROM {table} WHERE id IN ({listed})"
+                      for which, table in enumerate(TABLES)]
+        if counted:
+            listed = ", ".join(quote(key) for key in counted)
+            reads.append(f"SELECT 2, rtrim(id), value, passes FROM {AUTO_WHITELIST_TABLE} "
+                         f"WHERE id IN ({listed})")
+        statements.append(" UNION ALL ".join(reads))
         cursor = self._conn.execute("; ".join(statements))
         self._began = True
         while cursor.nextset():
             pass  # the last result is the reads
-        found = {(table, key): None for table in TABLES for key in keys}
-        for which, key, value in cursor.fetchall():
-            found[(TABLES[which], key)] = value
+        found: dict = {(table, key): None for table in TABLES for key in keys}
+        found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
+        for which, key, value, passes in cursor.fetchall():
+            if which == 2:
+                found[(AUTO_WHITELIST_TABLE, key)] = (float(value), int(passes))
+            else:
+                found[(TABLES[which], key)] = value
         self._cache.update(found)
 
     def get(self, table: str, key: str) -> Optional[float]:
@@ -117,6 +128,18 @@ class _PgTransaction(Transaction):
             self.lock_and_load([key])
         value = self._cache.get((table, key))
         return None if value is None else float(value)
+
+    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
+        if (table, key) not in self._cache:
+            self.lock_and_load([], [key])
+        return self._cache.get((table, key))
+
+    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
+        self._writes.append(
+            f"INSERT INTO {table} (id, value, passes) "
+            f"VALUES ({self._store._quote(key)}, {int(timestamp)}, {int(count)}) "
+            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value, passes = EXCLUDED.passes")
+        self._cache[(table, key)] = (float(timestamp), int(count))
 
     def set(self, table: str, key: str, timestamp: int) -> None:
         self._writes.append(
@@ -143,6 +166,7 @@ class PostgresStore(Store):
         password: Optional[str],
         timeout: float = 5.0,
         readonly: bool = False,
+        auto_whitelist: bool = False,
     ) -> None:
         self._psycopg = _psycopg()
         self.readonly = readonly
@@ -159,8 +183,12 @@ class PostgresStore(Store):
         self._local = threading.local()
         self._all: list = []
         self._all_lock = threading.Lock()
+        self.tables = TABLES
         try:
             conn = self._connection()
+            exists = conn.execute("SELECT to_regclass(%s)", (AUTO_WHITELIST_TABLE.lower(),)).fetchone()[0]
+            if auto_whitelist or exists:
+                self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
             if not readonly:
                 self._create_tables(conn)
         except StoreError as error:
@@ -196,15 +224,16 @@ class PostgresStore(Store):
 
     def _create_tables(self, conn) -> None:
         """The reference's tables if missing, and an index for the purge (built live)."""
-        for table in TABLES:
+        for table in self.tables:
+            extra = ", passes INTEGER NOT NULL DEFAULT 0" if table == AUTO_WHITELIST_TABLE else ""
             try:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
-                             f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL, PRIMARY KEY(id))")
+                             f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL{extra}, PRIMARY KEY(id))")
             except self._psycopg.errors.UniqueViolation:
                 pass  # another host created it at this very moment
         admin = self._connect(autocommit=True)
         try:
-            for table in TABLES:
+            for table in self.tables:
                 index = f"{table.lower()}_value_idx"
                 exists = admin.execute(
                     "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -263,6 +292,18 @@ class PostgresStore(Store):
                 cursor.execute(f"SELECT rtrim(id), value FROM {table}")
                 for key, value in cursor:
                     yield key, float(value)
+        except self._psycopg.Error as error:
+            raise StoreError(f"reading {table}: {error}".strip()) from error
+        finally:
+            conn.close()
+
+    def counted_items(self, table: str) -> Iterator[Tuple[str, float, int]]:
+        conn = self._connect()
+        try:
+            with conn.cursor(name="greylist_counted_items") as cursor:
+                cursor.execute(f"SELECT rtrim(id), value, passes FROM {table}")
+                for key, value, passes in cursor:
+                    yield key, float(value), int(passes)
         except self._psycopg.Error as error:
             raise StoreError(f"reading {table}: {error}".strip()) from error
         finally:

@@ -1,0 +1,95 @@
+"""Courier's smtpaccess database: is this client a RELAYCLIENT?
+
+``makesmtpaccess`` compiles ``/etc/courier/smtpaccess/*`` into
+``smtpaccess.dat``, a dbm file whose keys are addresses and address
+prefixes (``192.168``, ``:2001:0db8``), values the settings
+(``allow,RELAYCLIENT``).  The lookup here is courier.config's (most specific
+prefix first), but the file is opened once and again only when it changes,
+not on every message.
+"""
+
+from __future__ import annotations
+
+import dbm
+import ipaddress
+import os
+import threading
+from typing import Optional, Tuple
+
+
+class SmtpAccessError(Exception):
+    """The smtpaccess database cannot be read."""
+
+
+def default_path() -> str:
+    """Where Courier keeps smtpaccess.dat (courier-config's sysconfdir)."""
+    try:
+        import courier.config
+
+        sysconfdir = courier.config.sysconfdir
+    except (ImportError, AttributeError):
+        sysconfdir = "/etc/courier"
+    return os.path.join(sysconfdir, "smtpaccess.dat")
+
+
+def lookup_keys(address: ipaddress._BaseAddress) -> list:
+    """The keys to try for an address, most specific first, as Courier writes them."""
+    if address.version == 4:
+        parts = str(address).split(".")
+        return [".".join(parts[:n]) for n in range(4, 0, -1)]
+    parts = address.exploded.split(":")
+    return [":" + ":".join(parts[:n]) for n in range(8, 0, -1)]
+
+
+class SmtpAccess:
+    """The smtpaccess database, re-opened when makesmtpaccess replaces it."""
+
+    def __init__(self, path: str) -> None:
+        """Open the database now; raises SmtpAccessError when it cannot be read."""
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = None
+        self._signature: Optional[Tuple[int, int, int]] = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            info = os.stat(self.path)
+            db = dbm.open(self.path, "r")
+        except (OSError, dbm.error) as error:
+            raise SmtpAccessError(f"cannot read {self.path}: {error}") from None
+        except ImportError as error:  # a gdbm file on a Python without dbm.gnu
+            raise SmtpAccessError(f"cannot read {self.path}: {error} "
+                                  f"(install python3-gdbm)") from None
+        old, self._db = self._db, db
+        self._signature = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if old is not None:
+            old.close()
+
+    def value(self, address: ipaddress._BaseAddress) -> Optional[str]:
+        """The smtpaccess value that applies to an address, or None."""
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+                if (info.st_mtime_ns, info.st_size, info.st_ino) != self._signature:
+                    self._open()
+            except OSError:
+                pass  # keep the last good copy while the file is being replaced
+            for key in lookup_keys(address):
+                raw = self._db.get(key.encode("ascii"))
+                if raw is not None:
+                    return raw.decode("latin-1")
+        return None
+
+    def is_relay_client(self, address: ipaddress._BaseAddress) -> bool:
+        """True when Courier's smtpaccess sets RELAYCLIENT for the address."""
+        value = self.value(address)
+        if value is None:
+            return False
+        return any(item.strip().split("=", 1)[0] == "RELAYCLIENT" for item in value.split(","))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
