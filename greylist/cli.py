@@ -10,15 +10,19 @@ package.  Every error is one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
-from . import __version__, transfer
+from . import __version__, admin, report, transfer
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
-from .stores import StoreError, open_store
+from .stores import AUTO_WHITELIST_TABLE, StoreError, open_store
 from .stores import dbm as _dbm_store  # noqa: F401  (loaded before root gives up its rights)
+from .triplet import InvalidClientAddress, IPAddress, parse_client_ip
 
 EX_OK = 0
 EX_ERROR = 1
@@ -107,8 +111,8 @@ def command_check(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     try:
         # No purge here: a one-shot run should not stall on a large store.
-        greylist = GreylistFilter(settings, store, log=lambda line: None, purge="never")
-        verdict = greylist.check(args.control_files)
+        greylist = _filter(settings, store)
+        verdict = greylist.check(args.control_files, args.body or _data_file(args.control_files[0]))
     finally:
         store.close()
     print(verdict.reply)
@@ -124,6 +128,182 @@ def command_check(args: argparse.Namespace) -> int:
     if verdict.action == "error" or verdict.reply[:1] == "5":
         return EX_ERROR
     return EX_OK
+
+
+def _data_file(control_path: str) -> Optional[str]:
+    """Courier keeps a message's data file ``D<id>`` beside its control file ``C<id>``."""
+    directory, name = os.path.split(control_path)
+    if name.startswith("C"):
+        candidate = os.path.join(directory, "D" + name[1:])
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _filter(settings: Settings, store) -> GreylistFilter:
+    """The filter as the dispatcher builds it, quiet and never purging on its own."""
+    try:
+        return GreylistFilter(settings, store, log=_warn, purge="never")
+    except SettingsError as error:
+        store.close()
+        raise CommandError(str(error)) from None
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _open_filter(args: argparse.Namespace, with_auto_whitelist: bool = False) -> GreylistFilter:
+    settings = _load(args)
+    _act_as_store_owner(settings)
+    return _filter(settings, _open(settings, with_auto_whitelist=with_auto_whitelist))
+
+
+def _address(text: str) -> IPAddress:
+    try:
+        return parse_client_ip(text)
+    except InvalidClientAddress as error:
+        raise CommandError(str(error)) from None
+
+
+def command_show(args: argparse.Namespace) -> int:
+    greylist = _open_filter(args)
+    now = time.time()
+    try:
+        lookup = admin.show(greylist, args.sender, args.recipient, _address(args.ip), now,
+                            client_name=args.client_name)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        greylist.store.close()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(lookup), indent=2))
+        return EX_OK
+    print(f"client network {lookup.network}, sender {args.sender}")
+    if lookup.whitelist_rule:
+        print(f"whitelist: {lookup.whitelist_rule} (never greylisted)")
+    if lookup.client is not None:
+        client = lookup.client
+        if client.last_seen is None:
+            print(f"auto-whitelist: no record of {client.network}")
+        else:
+            status = "auto-whitelisted" if client.whitelisted else (
+                f"not yet ({greylist.settings.auto_whitelist_clients} needed)")
+            print(f"auto-whitelist: {client.network}: {client.passes} triplets passed, last seen "
+                  f"{admin.when(client.last_seen)}; {status}")
+    for triplet in lookup.triplets:
+        print(f"  {triplet.recipient}: {triplet.describe(now)}  [{triplet.key}]")
+    return EX_OK
+
+
+def command_allow(args: argparse.Namespace) -> int:
+    greylist = _open_filter(args)
+    try:
+        keys = admin.allow(greylist, args.sender, args.recipient, _address(args.ip), time.time())
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        greylist.store.close()
+    for recipient, key in zip(args.recipient, keys):
+        print(f"allowed: {args.sender} -> {recipient} from {args.ip}  [{key}]")
+    return EX_OK
+
+
+def command_delete(args: argparse.Namespace) -> int:
+    greylist = _open_filter(args)
+    try:
+        found = admin.delete(greylist, args.sender, args.recipient, _address(args.ip))
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        greylist.store.close()
+    print(f"deleted {found} entr{'y' if found == 1 else 'ies'} "
+          f"for {len(args.recipient)} triplet{'s' if len(args.recipient) != 1 else ''}")
+    return EX_OK
+
+
+def command_stats(args: argparse.Namespace) -> int:
+    greylist = _open_filter(args)
+    try:
+        result = admin.stats(greylist, time.time(), top=args.top)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        greylist.store.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EX_OK
+    print(f"store: {result['store']}")
+    for table, entry in result["tables"].items():
+        print(f"{table}: {entry['entries']:,} entries ({entry['expired']:,} expired, "
+              f"waiting for the purge)")
+        largest = max(entry["ages"].values()) or 1
+        for label, count in entry["ages"].items():
+            print(f"  {label:>14} {count:>10,} {'#' * round(30 * count / largest) if count else ''}")
+        if "networks" in entry:
+            print(f"  auto-whitelisted networks: {entry['whitelisted_networks']:,}")
+            for network in entry["networks"]:
+                mark = "  whitelisted" if network["whitelisted"] else ""
+                print(f"    {network['network']:<24} {network['passes']:>6} passed, last seen "
+                      f"{admin.when(network['last_seen'])}{mark}")
+    return EX_OK
+
+
+def command_purge(args: argparse.Namespace) -> int:
+    greylist = _open_filter(args)
+    lines: list = []
+    greylist.log = lines.append
+    show = _progress_printer("purge: examined")
+    try:
+        started = time.monotonic()
+        removed = greylist.purge(time.time(), None if show is None else
+                                 (lambda table, count: show(table, count)))
+        if show is not None:
+            show("", -1)
+    finally:
+        greylist.store.close()
+    if lines:
+        raise CommandError(lines[-1][len("greylist: "):] if lines[-1].startswith("greylist: ") else lines[-1])
+    print(f"purged {removed:,} expired entries from {greylist.store.description} "
+          f"in {time.monotonic() - started:.1f} s")
+    return EX_OK
+
+
+def command_report(args: argparse.Namespace) -> int:
+    settings = _load_settings_only(args)
+
+    def lines():
+        if not args.logfiles:
+            yield from sys.stdin
+            return
+        for path in args.logfiles:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    yield from handle
+            except OSError as error:
+                raise CommandError(f"{path}: {error.strerror}") from None
+
+    summary = report.summarise(lines(), settings.ipv4_prefix, settings.ipv6_prefix)
+    if args.json:
+        print(json.dumps(summary.as_dict(args.top), indent=2))
+    else:
+        print(report.render(summary, args.top), end="")
+    if args.png:
+        try:
+            report.draw_png(summary, args.png)
+        except report.PlotUnavailable as error:
+            raise CommandError(str(error)) from None
+        except OSError as error:
+            raise CommandError(f"cannot write {args.png}: {error.strerror}") from None
+        print(f"histogram drawn to {args.png}", file=sys.stderr)
+    return EX_OK
+
+
+def _load_settings_only(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings([args.config] if args.config else None)
+    except SettingsError as error:
+        raise CommandError(str(error)) from None
 
 
 def command_install(args: argparse.Namespace) -> int:
@@ -172,15 +352,24 @@ def _progress_printer(label: str):
     """Progress on a terminal, rewritten in place; nothing when stderr is not one."""
     if not sys.stderr.isatty():
         return None
+    spinner = "|/-\\"
+    state = {"turn": 0}
 
     def show(table: str, count: int) -> None:
-        print(f"\r{label}: {count:,} entries{' (' + table + ')' if table else ''}   ",
+        if count < 0:
+            print(file=sys.stderr, flush=True)
+            return
+        state["turn"] += 1
+        mark = spinner[state["turn"] % 4] if table else " "
+        print(f"\r{mark} {label}: {count:,} entries{' (' + table + ')' if table else ''}   ",
               end="" if table else "\n", file=sys.stderr, flush=True)
 
     return show
 
 
-def _open(settings: Settings, readonly: bool = False):
+def _open(settings: Settings, readonly: bool = False, with_auto_whitelist: bool = False):
+    if with_auto_whitelist and settings.auto_whitelist_clients <= 0:
+        settings = dataclasses.replace(settings, auto_whitelist_clients=1)  # opens its table
     try:
         return open_store(settings, readonly=readonly)
     except StoreError as error:
@@ -208,14 +397,19 @@ def command_export(args: argparse.Namespace) -> int:
 def command_import(args: argparse.Namespace) -> int:
     settings = _load(args)
     _act_as_store_owner(settings)
-    store = _open(settings)
     try:
         if args.file in (None, "-"):
-            count = transfer.write_entries(store, transfer.parse_lines(sys.stdin))
+            lines = sys.stdin.readlines()
         else:
-            with open(args.file, encoding="utf-8") as lines:
-                count = transfer.write_entries(store, transfer.parse_lines(lines),
-                                               _progress_printer("imported"))
+            with open(args.file, encoding="utf-8") as handle:
+                lines = handle.readlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"import failed: {error}") from None
+    needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
+    store = _open(settings, with_auto_whitelist=needs_table)
+    try:
+        count = transfer.write_entries(store, transfer.parse_lines(lines),
+                                       _progress_printer("imported"))
     except (OSError, StoreError, transfer.TransferError) as error:
         raise CommandError(f"import failed: {error}") from None
     finally:
@@ -235,10 +429,11 @@ def command_migrate(args: argparse.Namespace) -> int:
                         else source_settings)
     source = _open(source_settings, readonly=True)
     try:
-        destination = _open(destination_settings)
+        destination = _open(destination_settings,
+                            with_auto_whitelist=AUTO_WHITELIST_TABLE in source.tables)
         try:
             count = transfer.copy_store(source, destination, _progress_printer("copied"))
-        except StoreError as error:
+        except (StoreError, transfer.TransferError) as error:
             raise CommandError(f"migration failed: {error}") from None
         finally:
             destination.close()
@@ -271,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f"standard places, the store is kept in {default_db_dir()}.")
     with_store_options(check)
     check.add_argument("--explain", action="store_true", help="say which rule decided and why")
+    check.add_argument("--body", metavar="DATAFILE",
+                       help="the message file, for spf_triplets (default: the D file beside "
+                            "a C control file)")
     check.add_argument("control_files", nargs="+", metavar="CONTROLFILE")
     check.set_defaults(handler=command_check)
 
@@ -299,6 +497,63 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--to-db-dir", metavar="DIR", help="destination dbm directory")
     migrate.set_defaults(handler=command_migrate)
 
+    def with_triplet_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--sender", required=True, help="envelope sender")
+        sub.add_argument("--recipient", required=True, action="append",
+                         help="recipient (repeat for several)")
+        sub.add_argument("--ip", required=True, help="client IP address")
+
+    show = commands.add_parser(
+        "show", help="the state of a triplet: pending, passed, unknown or whitelisted",
+        description="Show what the stores know of the triplets of --sender, each --recipient "
+                    "and --ip, and which whitelist rule, if any, covers them. Changes nothing.")
+    with_store_options(show)
+    with_triplet_options(show)
+    show.add_argument("--client-name", help="the client's reverse-DNS name, for name whitelists")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=command_show)
+
+    allow = commands.add_parser(
+        "allow", help="let a triplet through from now on",
+        description="Record the triplets as passed now, so that their next message is accepted.")
+    with_store_options(allow)
+    with_triplet_options(allow)
+    allow.set_defaults(handler=command_allow)
+
+    delete = commands.add_parser(
+        "delete", help="forget a triplet", description="Remove the triplets from both stores.")
+    with_store_options(delete)
+    with_triplet_options(delete)
+    delete.set_defaults(handler=command_delete)
+
+    stats = commands.add_parser(
+        "stats", help="entries per store, their ages, auto-whitelisted networks",
+        description="Count the entries of every store with an age histogram, and list the "
+                    "auto-whitelisted client networks. Reads every entry.")
+    with_store_options(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--top", type=int, default=20, help="networks to list (default 20)")
+    stats.set_defaults(handler=command_stats)
+
+    purge = commands.add_parser(
+        "purge", help="drop expired entries now",
+        description="Run the TTL purge now, a little at a time so that mail keeps flowing; "
+                    "progress on a terminal.")
+    with_store_options(purge)
+    purge.set_defaults(handler=command_purge)
+
+    report_ = commands.add_parser(
+        "report", help="summarise the decision log lines",
+        description="Read the filter's decision lines from LOGFILEs (or stdin) and print "
+                    "messages by action and reason, the most greylisted client networks and "
+                    "senders, and a histogram of how long greylisted triplets took to pass.")
+    report_.add_argument("--config", metavar="PATH", help="configuration (for the network prefixes)")
+    report_.add_argument("logfiles", nargs="*", metavar="LOGFILE")
+    report_.add_argument("--json", action="store_true", help="print JSON")
+    report_.add_argument("--top", type=int, default=10, help="rows per list (default 10)")
+    report_.add_argument("--png", metavar="FILE", help="draw the delay histogram (needs matplotlib)")
+    report_.set_defaults(handler=command_report)
+
     install = commands.add_parser(
         "install", help="let courier-pythonfilter's dispatcher load this filter",
         description=f"Write the module pythonfilter.{SHIM_NAME} that the dispatcher imports "
@@ -316,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"check", "install", "export", "import", "migrate", "-h", "--help", "--version"}
+    known = {"check", "install", "export", "import", "migrate", "show", "allow", "delete", "stats",
+             "purge", "report", "-h", "--help", "--version"}
     if argv and argv[0] not in known:
         argv.insert(0, "check")  # `python -m greylist CONTROLFILE...`, as the original
     args = parser.parse_args(argv)

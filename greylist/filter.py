@@ -20,6 +20,7 @@ store failure while deciding                    accept, or the tempfail reply wh
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import sys
 import threading
@@ -243,17 +244,10 @@ class GreylistFilter:
                 verdict.whitelisted_recipients = len(recipients) - len(kept)
                 recipients = kept
 
-        network = client_network(address, settings.ipv4_prefix, settings.ipv6_prefix)
         if settings.spf_triplets and body_path:
             verdict.spf_domain = spf_pass_domain(read_header_block(body_path), envelope.sender)
-            if verdict.spf_domain:
-                network = "spf:" + verdict.spf_domain
-        triplet_sender = normalize_sender(sender) if settings.normalize_senders else sender
-        keys = [triplet_key(triplet_sender, recipient.lower(), network) for recipient in recipients]
-        client_key = None
-        if settings.auto_whitelist_clients > 0:
-            prefix = settings.ipv4_prefix if address.version == 4 else settings.ipv6_prefix
-            client_key = network_of(address, prefix)
+        keys = self.triplet_keys(sender, recipients, address, verdict.spf_domain)
+        client_key = self.client_key(address)
         now = self.clock()
         self._maybe_purge(now)
         try:
@@ -276,6 +270,26 @@ class GreylistFilter:
             if not settings.learn_only:
                 verdict.reply = policy.tempfail_reply(decision.wait, settings.reply)
         return verdict
+
+    def triplet_keys(self, sender: str, recipients: Sequence[str], address: IPAddress,
+                     spf_domain: Optional[str] = None) -> list:
+        """The store keys of a message's triplets, as the settings shape them."""
+        settings = self.settings
+        if spf_domain:
+            network = "spf:" + spf_domain
+        else:
+            network = client_network(address, settings.ipv4_prefix, settings.ipv6_prefix)
+        sender = sender.lower()
+        if settings.normalize_senders:
+            sender = normalize_sender(sender)
+        return [triplet_key(sender, recipient.lower(), network) for recipient in recipients]
+
+    def client_key(self, address: IPAddress) -> Optional[str]:
+        """The auto-whitelist's key for a client, or None when auto-whitelisting is off."""
+        if self.settings.auto_whitelist_clients <= 0:
+            return None
+        prefix = self.settings.ipv4_prefix if address.version == 4 else self.settings.ipv6_prefix
+        return network_of(address, prefix)
 
     def _decide_in_store(self, keys: Sequence[str], client_key: Optional[str],
                          now: float) -> Optional[policy.Decision]:
@@ -339,14 +353,17 @@ class GreylistFilter:
             threading.Thread(target=self.purge, args=(now,), name="greylist-purge",
                              daemon=True).start()
 
-    def purge(self, now: float) -> int:
-        """Drop expired entries from both stores; logs and swallows failures."""
+    def purge(self, now: float, progress: Optional[Callable[[str, int], None]] = None) -> int:
+        """Drop expired entries from every store; logs and swallows failures."""
         if not self._purging.acquire(blocking=False):
             return 0
         removed = 0
         try:
-            removed += self.store.purge(NOT_PASSED_TABLE, now - self.settings.senders_not_passed_ttl)
-            removed += self.store.purge(PASSED_TABLE, now - self.settings.senders_passed_ttl)
+            for table in self.store.tables:
+                ttl = (self.settings.senders_not_passed_ttl if table == NOT_PASSED_TABLE
+                       else self.settings.senders_passed_ttl)
+                report = None if progress is None else functools.partial(progress, table)
+                removed += self.store.purge(table, now - ttl, report)
         except Exception as error:
             self.log(f"greylist: purge failed: {log_safe(repr(error))}")
         finally:

@@ -56,11 +56,11 @@ class SmtpAccess:
         try:
             info = os.stat(self.path)
             db = dbm.open(self.path, "r")
-        except (OSError, dbm.error) as error:
-            raise SmtpAccessError(f"cannot read {self.path}: {error}") from None
-        except ImportError as error:  # a gdbm file on a Python without dbm.gnu
-            raise SmtpAccessError(f"cannot read {self.path}: {error} "
-                                  f"(install python3-gdbm)") from None
+        except (OSError, ImportError, *dbm.error) as error:
+            hint = ""
+            if "dbm.gnu" in str(error) or isinstance(error, ImportError):
+                hint = " (install python3-gdbm: Courier writes it with gdbm)"
+            raise SmtpAccessError(f"cannot read {self.path}: {error}{hint}") from None
         old, self._db = self._db, db
         self._signature = (info.st_mtime_ns, info.st_size, info.st_ino)
         if old is not None:

@@ -22,33 +22,39 @@ from typing import Iterator, Optional, Tuple
 HEADER_LIMIT = 65536  # Courier's own headers are at the top; no need to read further
 
 
-def _headers(block: bytes) -> Iterator[Tuple[str, str]]:
-    """(lower-cased name, unfolded value) of each header, until the blank line."""
+def _headers(block: bytes) -> Iterator[Tuple[str, list]]:
+    """(lower-cased name, its lines) of each header, until the blank line.
+
+    The lines are kept apart: Courier writes the result and its comment on
+    the first line and one ``key=value;`` field per continuation line, and
+    the comment (which may quote a domain's own SPF text) must never be
+    read as fields.
+    """
     name: Optional[str] = None
-    value: list = []
+    lines: list = []
     for raw in block.split(b"\n"):
         line = raw.rstrip(b"\r").decode("latin-1")
         if line[:1] in (" ", "\t") and name is not None:
-            value.append(line.strip())
+            lines.append(line.strip())
             continue
         if name is not None:
-            yield name, " ".join(value)
+            yield name, lines
         if not line:
             return
         head, colon, rest = line.partition(":")
         if not colon:
             name = None
             continue
-        name, value = head.strip().lower(), [rest.strip()]
+        name, lines = head.strip().lower(), [rest.strip()]
     if name is not None:
-        yield name, " ".join(value)
+        yield name, lines
 
 
-def _fields(value: str) -> dict:
-    """``key=value;`` pairs after the result and comment of a Received-SPF value."""
+def _fields(lines: list) -> dict:
+    """The ``key=value;`` fields of Courier's continuation lines."""
     fields = {}
-    for part in value.split(";"):
-        key, equals, text = part.strip().partition("=")
+    for line in lines:
+        key, equals, text = line.rstrip(";").partition("=")
         if equals:
             fields.setdefault(key.strip().lower(), text.strip())
     return fields
@@ -59,14 +65,13 @@ def spf_pass_domain(header_block: bytes, sender: str) -> Optional[str]:
     domain = sender.rpartition("@")[2].lower()
     if not domain or "@" not in sender:
         return None
-    for name, value in _headers(header_block):
+    for name, lines in _headers(header_block):
         if name == "received":
             return None  # below Courier's own lines: the client's words
         if name != "received-spf":
             continue
-        result = value.split(None, 1)[0].lower() if value else ""
-        comment_end = value.find(")")
-        fields = _fields(value[comment_end + 1:] if comment_end >= 0 else value)
+        result = lines[0].split(None, 1)[0].lower() if lines[0] else ""
+        fields = _fields(lines[1:])
         if fields.get("spf", "").upper() != "MAILFROM":
             continue
         if result == "pass" and fields.get("sender", "").lower() == sender.lower():

@@ -1,7 +1,9 @@
 """Copying triplets between stores: export, import, migrate (dbm <-> PostgreSQL).
 
 The interchange format is JSON lines, one entry a line:
-``{"store": "greylist_Passed", "digest": "<md5 hex>", "timestamp": 1790000000}``.
+``{"store": "greylist_Passed", "digest": "<md5 hex>", "timestamp": 1790000000}``;
+entries of the auto-whitelist table carry the network as ``digest`` and a
+``count`` (how many triplets of that network passed).
 """
 
 from __future__ import annotations
@@ -9,37 +11,48 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable, Iterator, Optional, TextIO, Tuple
 
-from .stores import TABLES, Store
+from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, Store
 
 _BATCH = 500  # entries written per transaction: short lock holds, few round trips
 
 Progress = Optional[Callable[[str, int], None]]
+Row = Tuple[str, str, int, Optional[int]]  # table, key, timestamp, count (auto-whitelist only)
 
 
 class TransferError(Exception):
     """A line of an import that is not an entry; the message says which."""
 
 
-def entries(store: Store) -> Iterator[Tuple[str, str, int]]:
-    """Every (table, digest, timestamp) of a store; values that are not times are left out."""
-    for table in TABLES:
+def entries(store: Store) -> Iterator[Row]:
+    """Every (table, key, timestamp, count) of a store; values that are not times are left out."""
+    for table in store.tables:
+        if table == AUTO_WHITELIST_TABLE:
+            for key, timestamp, count in store.counted_items(table):
+                yield table, key, int(timestamp), count
+            continue
         for key, timestamp in store.items(table):
             if timestamp is not None:
-                yield table, key, int(timestamp)
+                yield table, key, int(timestamp), None
 
 
-def write_entries(store: Store, rows: Iterable[Tuple[str, str, int]], progress: Progress = None) -> int:
+def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) -> int:
     """Store the rows, a batch per transaction; returns how many."""
     count = 0
     batch: list = []
 
     def flush() -> None:
         with store.transaction() as tx:
-            for table, key, timestamp in batch:
-                tx.set(table, key, timestamp)
+            for table, key, timestamp, passes in batch:
+                if table == AUTO_WHITELIST_TABLE:
+                    tx.set_counted(table, key, timestamp, passes or 0)
+                else:
+                    tx.set(table, key, timestamp)
         batch.clear()
 
     for row in rows:
+        if row[0] not in store.tables:
+            raise TransferError(f"{store.description} has no table {row[0]} "
+                                f"(turn auto_whitelist_clients on to import it)")
         batch.append(row)
         count += 1
         if len(batch) >= _BATCH:
@@ -55,8 +68,11 @@ def write_entries(store: Store, rows: Iterable[Tuple[str, str, int]], progress: 
 
 def export_to(store: Store, out: TextIO, progress: Progress = None) -> int:
     count = 0
-    for table, key, timestamp in entries(store):
-        out.write(json.dumps({"store": table, "digest": key, "timestamp": timestamp}) + "\n")
+    for table, key, timestamp, passes in entries(store):
+        entry = {"store": table, "digest": key, "timestamp": timestamp}
+        if passes is not None:
+            entry["count"] = passes
+        out.write(json.dumps(entry) + "\n")
         count += 1
         if progress and count % _BATCH == 0:
             progress(table, count)
@@ -65,19 +81,23 @@ def export_to(store: Store, out: TextIO, progress: Progress = None) -> int:
     return count
 
 
-def parse_lines(lines: Iterable[str]) -> Iterator[Tuple[str, str, int]]:
+def parse_lines(lines: Iterable[str]) -> Iterator[Row]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
             table, key, timestamp = entry["store"], entry["digest"], entry["timestamp"]
-        except (ValueError, KeyError, TypeError):
+            passes = entry.get("count")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise TransferError(f"line {number}: not an entry of an export") from None
-        if table not in TABLES or not isinstance(key, str) or not 0 < len(key) <= 64 \
-                or isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        if table not in ALL_TABLES or not isinstance(key, str) or not 0 < len(key) <= 64 \
+                or isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) \
+                or (passes is not None and (isinstance(passes, bool) or not isinstance(passes, int))):
             raise TransferError(f"line {number}: not an entry of an export")
-        yield table, key, int(timestamp)
+        if table == AUTO_WHITELIST_TABLE and passes is None:
+            passes = 0
+        yield table, key, int(timestamp), passes
 
 
 def copy_store(source: Store, destination: Store, progress: Progress = None) -> int:

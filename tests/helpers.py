@@ -19,16 +19,26 @@ def write_control(
     delivered: Iterable[int] = (),
     extra: bytes = b"",
     raw_sender: Optional[bytes] = None,
+    client_name: Optional[str] = "mx.example.org",
+    auth_user: Optional[str] = None,
 ) -> str:
-    """Write a control file in Courier's format; returns its path."""
+    """Write a control file in Courier's format; returns its path.
+
+    ``client_name`` None writes the ``f`` record of a client without reverse
+    DNS, as Courier does: ``dns; HELO ([IP])``.
+    """
     lines = [b"uesmtp"]
     if raw_sender is not None:
         lines.append(b"s" + raw_sender)
     elif sender is not None:
         lines.append(b"s" + sender.encode())
     if ip is not None:
-        lines.append(b"fdns; mx.example.org (mx.example.org [" + ip.encode() + b"])")
+        name = (client_name or "").encode()
+        lines.append(b"fdns; helo.example.org (" + name + (b" " if name else b"") + b"[" + ip.encode()
+                     + b"])")
         lines.append(b"OTCPREMOTEIP=" + ip.encode())
+    if auth_user is not None:
+        lines.append(b"i" + auth_user.encode())
     lines.append(b"M0000000A.00000001")
     for recipient in recipients:
         encoded = recipient.encode() if isinstance(recipient, str) else recipient

@@ -16,7 +16,7 @@ def test_reads_sender_recipients_ip(tmp_path):
     assert env.sender == "Alice@Example.COM"
     assert env.recipients == ["b@x.example", "c@x.example"]
     assert env.client_ip == "::ffff:192.0.2.10"
-    assert env.received_from == "dns; mx.example.org (mx.example.org [::ffff:192.0.2.10])"
+    assert env.received_from == "dns; helo.example.org (mx.example.org [::ffff:192.0.2.10])"
 
 
 def test_delivered_recipients_are_skipped_per_file(tmp_path):
