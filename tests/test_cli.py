@@ -149,3 +149,137 @@ def test_migrate_between_dbm_directories(tmp_path):
     moved = run("migrate", "--db-dir", str(source), "--to-db-dir", str(target))
     assert moved.returncode == 0 and "copied 1 entries" in moved.stderr
     assert run("export", "--db-dir", str(target)).stdout == run("export", "--db-dir", str(source)).stdout
+
+
+# --- the operator's commands (issue 6) --------------------------------------------------
+
+TRIPLET = ["--sender", "alice@example.com", "--recipient", "bob@example.net", "--ip", "192.0.2.10"]
+
+
+@pytest.mark.parametrize("command", ["check", "show", "allow", "delete", "stats", "purge", "report",
+                                     "export", "import", "migrate", "install"])
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: greylist " + command)
+
+
+def test_show_allow_delete_as_a_user_types_them(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_recipients=["postmaster@"])
+    unknown = run("show", "--config", config, *TRIPLET)
+    assert unknown.returncode == 0 and "bob@example.net: unknown" in unknown.stdout
+    assert "client network 192.0.2.0/24" in unknown.stdout
+
+    control = write_control(str(tmp_path / "C"))
+    assert run("check", "--config", config, control).returncode == 75
+    pending = run("show", "--config", config, *TRIPLET)
+    assert "bob@example.net: pending since" in pending.stdout and "a retry passes from" in pending.stdout
+    as_json = json.loads(run("show", "--config", config, "--json", *TRIPLET).stdout)
+    assert as_json["triplets"][0]["state"] == "pending"
+
+    allowed = run("allow", "--config", config, *TRIPLET)
+    assert allowed.returncode == 0 and "allowed: alice@example.com -> bob@example.net" in allowed.stdout
+    assert run("check", "--config", config, control).returncode == 0  # let through now
+    assert "passed; last seen" in run("show", "--config", config, *TRIPLET).stdout
+
+    deleted = run("delete", "--config", config, *TRIPLET)
+    assert deleted.returncode == 0 and "deleted 1 entry" in deleted.stdout
+    assert run("check", "--config", config, control).returncode == 75  # greylisted afresh
+
+    covered = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
+                  "postmaster@example.net", "--ip", "203.0.113.1")
+    assert "whitelist: whitelisted:recipient:postmaster@" in covered.stdout
+    bad_ip = run("show", "--config", config, "--sender", "a@b", "--recipient", "c@d", "--ip", "nope")
+    assert bad_ip.returncode == 1 and "not an IP address" in bad_ip.stderr
+    assert run("allow", "--config", config, "--sender", "a@b").returncode == 2  # usage
+
+
+def test_stats_and_purge(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), greylist_time=0,
+                          auto_whitelist_clients=1, senders_not_passed_ttl=3600)
+    for n in range(4):
+        control = write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com")
+        run("check", "--config", config, control)
+    run("check", "--config", config, str(tmp_path / "C0"))  # one passes: the network counts 1
+    stats = run("stats", "--config", config, "--json")
+    assert stats.returncode == 0, stats.stderr
+    tables = json.loads(stats.stdout)["tables"]
+    assert tables["greylist_NotPassed"]["entries"] == 3
+    assert tables["greylist_Passed"]["entries"] == 1
+    assert tables["greylist_AutoWhitelist"]["networks"][0]["network"] == "192.0.2.0/24"
+    assert tables["greylist_AutoWhitelist"]["whitelisted_networks"] == 1
+    text = run("stats", "--config", config).stdout
+    assert "greylist_NotPassed: 3 entries" in text and "< 1 hour" in text
+
+    # age the pending entries past their TTL by rewriting them through import
+    exported = run("export", "--config", config).stdout
+    old = "\n".join(json.dumps(dict(row, timestamp=row["timestamp"] - 7200))
+                    if row["store"] == "greylist_NotPassed" else json.dumps(row)
+                    for row in map(json.loads, exported.splitlines()))
+    dump = tmp_path / "dump"
+    dump.write_text(old + "\n")
+    assert run("import", "--config", config, str(dump)).returncode == 0
+    purged = run("purge", "--config", config)
+    assert purged.returncode == 0 and "purged 3 expired entries" in purged.stdout
+    tables = json.loads(run("stats", "--config", config, "--json").stdout)["tables"]
+    assert tables["greylist_NotPassed"]["entries"] == 0 and tables["greylist_Passed"]["entries"] == 1
+
+
+def test_auto_whitelist_table_travels_with_export_and_migrate(tmp_path):
+    source, target, again = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    source.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(source), greylist_time=0,
+                          auto_whitelist_clients=5)
+    control = write_control(str(tmp_path / "C"))
+    run("check", "--config", config, control)
+    run("check", "--config", config, control)
+    rows = [json.loads(line) for line in run("export", "--config", config).stdout.splitlines()]
+    assert {"store": "greylist_AutoWhitelist", "digest": "192.0.2.0/24", "timestamp":
+            rows[-1]["timestamp"], "count": 1} in rows
+    dump = tmp_path / "dump"
+    dump.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # the destination has auto-whitelisting off, but the table comes along
+    assert run("import", "--db-dir", str(target), str(dump)).returncode == 0
+    assert run("export", "--db-dir", str(target)).stdout == run("export", "--config", config).stdout
+    moved = run("migrate", "--config", config, "--to-db-dir", str(again))
+    assert moved.returncode == 0, moved.stderr
+    assert run("export", "--db-dir", str(again)).stdout == run("export", "--config", config).stdout
+
+
+def test_report_from_files_and_stdin(tmp_path):
+    log = tmp_path / "maillog"
+    log.write_text(
+        "Nov 25 10:00:00 mx courierfilter: greylist: action=greylist, reason=new, "
+        "client_address=192.0.2.10, sender=a@example.com, recipients=b@example.net, wait=00:05:00\n"
+        "Nov 25 10:07:00 mx courierfilter: greylist: action=pass, reason=passed, "
+        "client_address=192.0.2.11, sender=a@example.com, recipients=b@example.net, delay=420\n"
+        "Nov 25 10:08:00 mx courierd: unrelated\n")
+    result = run("report", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "2 decisions" in result.stdout
+    assert "192.0.2.0/24" in result.stdout and "a@example.com" in result.stdout
+    assert "5-10 min        1 #" in result.stdout
+    piped = subprocess.run([sys.executable, "-m", "greylist", "report", "--json"], input=log.read_text(),
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert json.loads(piped.stdout)["actions"] == {"greylist": 1, "pass": 1}
+    missing = run("report", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "No such file" in missing.stderr
+    png = run("report", str(log), "--png", str(tmp_path / "delays.png"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert png.returncode == 1 and "--png needs matplotlib" in png.stderr
+    else:
+        assert png.returncode == 0 and (tmp_path / "delays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_explain_names_the_rule(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_clients=["192.0.2.0/24"])
+    result = run("check", "--config", config, "--explain", write_control(str(tmp_path / "C")))
+    assert result.returncode == 0
+    assert "whitelist (whitelisted:client:192.0.2.0/24)" in result.stderr

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from greylist.settings import Settings, SettingsError, load_settings, parse_value
@@ -89,3 +91,45 @@ def test_parse_value_literals():
     assert parse_value("{'a': None}") == {"a": None}
     with pytest.raises(ValueError):
         parse_value("x")
+
+
+def test_issue6_settings_parse(tmp_path):
+    path = write(tmp_path, "[greylist.py]\n"
+                 "whitelist_clients = ['192.0.2.0/24', '.outlook.com', '2001:db8::/32']\n"
+                 "whitelist_senders = ['@lists.example.org']\n"
+                 "whitelist_recipients = ['postmaster@', 'abuse@']\n"
+                 "whitelist_files = ['builtin:pool-senders', '/etc/courier/greylist-whitelist']\n"
+                 "auto_whitelist_clients = 5\nnormalize_senders = True\nspf_triplets = True\n"
+                 "skip_authenticated = True\nskip_relayclients = True\nlearn_only = True\n"
+                 "smtpaccess_file = '/etc/courier/smtpaccess.dat'\n")
+    s = load_settings([path])
+    assert s.whitelist_clients == ("192.0.2.0/24", ".outlook.com", "2001:db8::/32")
+    assert s.whitelist_recipients == ("postmaster@", "abuse@")
+    assert s.auto_whitelist_clients == 5
+    assert s.normalize_senders and s.spf_triplets and s.skip_authenticated and s.skip_relayclients
+    assert s.learn_only and s.smtpaccess_file == "/etc/courier/smtpaccess.dat"
+
+
+def test_issue6_defaults_are_the_reference():
+    s = Settings()
+    assert (s.whitelist_clients, s.whitelist_senders, s.whitelist_recipients, s.whitelist_files) == ((),) * 4
+    assert s.auto_whitelist_clients == 0
+    assert not (s.normalize_senders or s.spf_triplets or s.skip_authenticated or s.skip_relayclients
+                or s.learn_only)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("whitelist_clients = ['not a host']", "whitelist_clients: 'not a host' is not an IP address"),
+    ("whitelist_clients = [42]", "whitelist_clients: expected a list of strings"),
+    ("whitelist_senders = ['postmaster@']", "whitelist_senders: 'postmaster@': a sender entry needs"),
+    ("whitelist_files = ['']", "whitelist_files: expected a list of file paths"),
+    ("auto_whitelist_clients = -1", "auto_whitelist_clients: expected a whole number"),
+    ("auto_whitelist_clients = 2.5", "auto_whitelist_clients: expected a whole number"),
+    ("learn_only = 'yes'", "learn_only: expected True or False"),
+    ("reply = '250 ok {wait}'", "reply: expected a one-line 4xx SMTP reply"),
+    ("reply = '450 {when}'", "reply: only {wait} may be used"),
+])
+def test_issue6_bad_values(tmp_path, line, problem):
+    path = write(tmp_path, f"[greylist.py]\n{line}\n")
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        load_settings([path])
