@@ -13,7 +13,13 @@ from pgserver import PostgresServer, from_environment, server_binaries
 
 from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import load_settings
-from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreOpenError, open_store
+from greylist.stores import (
+    AUTO_WHITELIST_TABLE,
+    NOT_PASSED_TABLE,
+    PASSED_TABLE,
+    StoreOpenError,
+    open_store,
+)
 
 psycopg = pytest.importorskip("psycopg")
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
@@ -43,7 +49,7 @@ def conninfo(server):
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
         conn.execute("SET lock_timeout = '10s'")
-        for table in (PASSED_TABLE, NOT_PASSED_TABLE):
+        for table in (PASSED_TABLE, NOT_PASSED_TABLE, AUTO_WHITELIST_TABLE):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
     return info
 
@@ -227,3 +233,27 @@ def test_migrate_dbm_to_postgres_and_back(tmp_path, conninfo):
     assert back.returncode == 0 and "copied 5 entries" in back.stderr
     exported = cli("export", "--db-dir", str(tmp_path / "back")).stdout.splitlines()
     assert len(exported) == 5 and all('"greylist_Passed"' in line for line in exported)
+
+
+def test_auto_whitelist_on_postgresql(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=0, auto_whitelist_clients=2)
+    clock = Clock()
+    lines: list = []
+    greylist, store = make_filter(config, clock, lines)
+    try:
+        for n in range(2):
+            path = write_control(str(tmp_path / f"C{n}"), sender=f"s{n}@example.com")
+            assert greylist.do_filter("", [path]).startswith(GREYLIST)
+            assert greylist.do_filter("", [path]) == ""
+        assert greylist.do_filter("", [write_control(str(tmp_path / "Cnew"), "new@example.org")]) == ""
+        assert "reason=auto-whitelisted" in lines[-1]
+        assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == [("192.0.2.0/24", int(clock()), 2)]
+        # our table has its own column; the reference's two keep their schema
+        assert sql(conninfo, "SELECT column_name FROM information_schema.columns WHERE table_name = "
+                             "'greylist_autowhitelist' ORDER BY ordinal_position") == \
+            [("id",), ("value",), ("passes",)]
+        clock.advance(60 * 60 * 24 * 37)
+        greylist.purge(clock())
+        assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == []
+    finally:
+        store.close()
