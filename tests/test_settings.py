@@ -1,3 +1,4 @@
+import os
 import re
 
 import pytest
@@ -133,3 +134,19 @@ def test_issue6_bad_values(tmp_path, line, problem):
     path = write(tmp_path, f"[greylist.py]\n{line}\n")
     with pytest.raises(SettingsError, match=re.escape(problem)):
         load_settings([path])
+
+
+def test_example_file_defaults_and_recommendations(tmp_path):
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "greylist.conf.example")
+    text = open(example).read()
+    assert load_settings([example]) == Settings(sources=(example,))  # the defaults, as documented
+    for name in Settings.__dataclass_fields__:
+        if name.startswith("db_") or name == "sources":
+            continue
+        assert f"\n{name} = " in text or f"\n#{name} = " in text, f"{name} is not in the example"
+    # every "recommended:" value parses (in a second file, which overrides the first)
+    recommended = re.findall(r"\n#(\w+ = .*)", text)
+    path = write(tmp_path, "[greylist.py]\n" + "\n".join(recommended) + "\n")
+    s = load_settings([example, path])
+    assert s.auto_whitelist_clients == 5 and s.normalize_senders and "builtin:pool-senders" in s.whitelist_files
