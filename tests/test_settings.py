@@ -149,4 +149,5 @@ def test_example_file_defaults_and_recommendations(tmp_path):
     recommended = re.findall(r"\n#(\w+ = .*)", text)
     path = write(tmp_path, "[greylist.py]\n" + "\n".join(recommended) + "\n")
     s = load_settings([example, path])
-    assert s.auto_whitelist_clients == 5 and s.normalize_senders and "builtin:pool-senders" in s.whitelist_files
+    assert s.auto_whitelist_clients == 5 and s.normalize_senders
+    assert "builtin:pool-senders" in s.whitelist_files

@@ -90,10 +90,13 @@ class _NxdomainServer:
 
 
 class CourierRig:
-    def __init__(self, greylist_time: int = 0, filter_name: str = "courier_greylist") -> None:
+    def __init__(self, greylist_time: int = 0, filter_name: str = "courier_greylist",
+                 whitelist_file: bool = False) -> None:
         """``filter_name``: the pythonfilter.conf line: this package ("courier_greylist"),
-        courier-pythonfilter's own module ("greylist"), or "" for no filter (benchmarks)."""
+        courier-pythonfilter's own module ("greylist"), or "" for no filter (benchmarks).
+        ``whitelist_file``: configure a whitelist file (``self.whitelist``), empty at first."""
         self.filter_name = filter_name
+        self.whitelist_file = whitelist_file
         self.saved = tempfile.mkdtemp(prefix="greylist-e2e-saved-")
         self.token = os.urandom(4).hex()
         self.rsyslog_pid = None
@@ -138,8 +141,13 @@ class CourierRig:
         os.makedirs(self.store, mode=0o700)
         os.chown(self.store, courier.pw_uid, courier.pw_gid)
         self.config = os.path.join(self.base, "pythonfilter-modules.conf")
+        extra = ""
+        if self.whitelist_file:
+            self.whitelist = os.path.join(self.base, "whitelist")
+            self.set_whitelist("# empty for now\n")
+            extra = f"whitelist_files = [{self.whitelist!r}]\n"
         with open(self.config, "w") as handle:
-            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n\n"
+            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}\n"
                          f"[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
         os.chmod(self.config, 0o644)
         run(os.path.join(venv, "bin", "greylist"), "install", "--config", self.config)
@@ -214,6 +222,14 @@ class CourierRig:
         raise RuntimeError("Courier or its filter did not come up:\n" + self.log_tail())
 
     # use
+
+    def set_whitelist(self, text: str) -> None:
+        """Replace the whitelist file, as an editor that renames would."""
+        temporary = self.whitelist + ".new"
+        with open(temporary, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, self.whitelist)
 
     def address(self, name: str) -> str:
         """A recipient address no earlier run has used."""

@@ -16,7 +16,7 @@ GREYLIST = "4.7.1 Greylisting in action, please come back in 00:00:00"
 
 @pytest.fixture(scope="module")
 def rig():
-    courier = CourierRig(greylist_time=0)
+    courier = CourierRig(greylist_time=0, whitelist_file=True)
     yield courier
     courier.close()
 
@@ -46,3 +46,19 @@ def test_courier_restart_loses_no_state(rig):
     assert rig.send("dave@sender.example", recipient)[0] == 451
     rig.restart_courier()
     assert rig.send("dave@sender.example", recipient)[0] == 250
+
+
+def test_whitelist_file_edited_while_courier_runs(rig):
+    """A client whitelisted by a file edit goes straight through; IPv4-mapped as Courier writes it."""
+    recipient = rig.address("erin")
+    rig.set_whitelist("client: 127.0.0.0/8\n")
+    try:
+        mark = rig.log_mark()
+        assert rig.send("erin@sender.example", recipient)[0] == 250
+        log = rig.log_since(mark, "action=whitelist")
+        assert "greylist: action=whitelist, reason=whitelisted:client:127.0.0.0/8, " \
+               "client_address=::ffff:127.0.0.1" in log
+        assert "whitelist file" in log and "read again" in log
+    finally:
+        rig.set_whitelist("# empty again\n")
+    assert rig.send("frank@sender.example", rig.address("frank"))[0] == 451
