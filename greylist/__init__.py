@@ -9,6 +9,7 @@ both spellings twice per message.
 
 from __future__ import annotations
 
+import atexit
 import sys
 from typing import Optional, Sequence
 
@@ -41,7 +42,18 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
         store.close()
         stderr_line(f"greylist: cannot start: {error}")
         sys.exit(1)
+    # The dispatcher exits normally when courierfilter closes its stdin: the
+    # store is closed then, which folds gdbm journals into the files (so that
+    # courier-pythonfilter's own module, after a rollback, sees every entry).
+    atexit.register(_close_store, store)
     stderr_line('Initialized the "greylist" python filter')
+
+
+def _close_store(store) -> None:
+    try:
+        store.close()
+    except Exception as error:  # at exit: report, never raise
+        stderr_line(f"greylist: closing the store: {error!r}")
 
 
 def doFilter(body_path: str, control_paths: Sequence[str]) -> str:

@@ -142,6 +142,9 @@ def _data_file(control_path: str) -> Optional[str]:
 
 def _filter(settings: Settings, store) -> GreylistFilter:
     """The filter as the dispatcher builds it, quiet and never purging on its own."""
+    # A one-shot command leaves its few changes in the gdbm journal for the
+    # filter's next purge to fold, instead of rewriting a large file on exit.
+    store.fold_on_close = False
     try:
         return GreylistFilter(settings, store, log=_warn, purge="never")
     except SettingsError as error:
