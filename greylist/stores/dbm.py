@@ -522,8 +522,12 @@ class _GdbmTable(_Table):
                         target[key] = value
                 key = source.nextkey(key)
                 examined += 1
-                if progress is not None and examined % 4096 == 0:
-                    progress(examined)
+                if examined % _BATCH == 0:
+                    # gdbm's calls keep the GIL: a short sleep every few hundred keys
+                    # lets the dispatcher's threads decide while the copy runs.
+                    time.sleep(_PAUSE)
+                    if progress is not None and examined % (16 * _BATCH) == 0:
+                        progress(examined)
             for key, value in overlay.items():
                 if value is None:
                     continue
@@ -532,6 +536,8 @@ class _GdbmTable(_Table):
                     dropped += 1
                 else:
                     target[key] = value
+            target.sync()
+            _fsync_path(temporary)  # the bulk of the writing, outside the lock
             with store.locked():
                 if self._identity != identity:
                     return 0  # another process folded first
