@@ -324,11 +324,6 @@ class GreylistFilter:
                 update = policy.client_record_after(record, decision, now, self.timing.passed_ttl)
                 if update is not None:
                     tx.set_counted(AUTO_WHITELIST_TABLE, client_key, *update)
-        repaired = getattr(self.store, "salvaged", None)
-        if repaired:
-            self.log("greylist: rebuilt after a writer died while writing (entries past the damage "
-                     f"are forgotten): {', '.join(repaired)}")
-            repaired.clear()
         return decision
 
     # --- purging -----------------------------------------------------------------

@@ -233,6 +233,10 @@ class _Table:
     def refresh(self) -> None:
         """Another process wrote: drop whatever is cached."""
 
+    def recover(self) -> None:
+        """A writer died while holding the lock: drop whatever is cached, check what was written."""
+        self.refresh()
+
     def get(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
 
@@ -406,10 +410,9 @@ class _GdbmTable(_Table):
         else:
             self._read_journal()
 
-    def salvage(self) -> bool:
+    def recover(self) -> None:
         """After a writer died holding the lock: re-read everything (cuts a torn block)."""
         self._open()
-        return False
 
     # reads and writes
 
@@ -989,7 +992,6 @@ class DbmStore(Store):
         self._generation = -1
         self._wrote = False
         self.fold_on_close = True
-        self.salvaged: list = []  # files rebuilt after a writer died mid-write
         try:
             # A large dbm.dumb index is read before taking the lock, so that a
             # second process starting up does not hold up the mail of the first.
@@ -1040,7 +1042,7 @@ class DbmStore(Store):
                     table.refresh()
                 self._generation = generation
             if self._lock.dirty and not self.readonly:
-                self._salvage()
+                self._recover()
             self._wrote = False
             for table in self._tables.values():
                 table.begin()
@@ -1057,13 +1059,11 @@ class DbmStore(Store):
         finally:
             self._lock.release()
 
-    def _salvage(self) -> None:
-        """A writer died while applying its changes: repair what it may have damaged."""
+    def _recover(self) -> None:
+        """A writer died while applying its changes: read every table afresh."""
         self.note_write()
         for table in self._tables.values():
-            salvage = getattr(table, "salvage", None)
-            if salvage is not None and salvage():
-                self.salvaged.append(table.base)
+            table.recover()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
