@@ -39,25 +39,12 @@ def _psycopg():
     return psycopg
 
 
-_LOCKS = ("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-          "FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n")
-_READS = (f"SELECT 0, rtrim(id), value, 0 FROM {TABLES[0]} WHERE id = ANY(%s::bpchar[]) "
-          f"UNION ALL SELECT 1, rtrim(id), value, 0 FROM {TABLES[1]} WHERE id = ANY(%s::bpchar[]) "
-          f"UNION ALL SELECT 2, rtrim(id), value, passes FROM {{counted}} WHERE id = ANY(%s::bpchar[])")
-_UPSERT = ("INSERT INTO {table} (id, value) VALUES (%s, %s) "
-           "ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value")
-_UPSERT_COUNTED = ("INSERT INTO {table} (id, value, passes) VALUES (%s, %s, %s) "
-                   "ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value, passes = EXCLUDED.passes")
-_DELETE = "DELETE FROM {table} WHERE id = %s"
-
-
 class _PgTransaction(Transaction):
-    """One message in two round trips to the server, with prepared statements.
+    """One message in two round trips to the server.
 
-    The first round trip (a pipeline) sends BEGIN, the advisory locks of the
-    message's triplets in sorted order and the reads; the second the
-    upserts and deletes and COMMIT.  The statements are prepared once per
-    connection, so the server parses and plans nothing per message.
+    The first sends BEGIN, the advisory locks of the message's triplets and
+    the reads; the second sends the upserts and deletes with COMMIT.  Each
+    is one multi-statement query; values go in as quoted literals.
     """
 
     def __init__(self, store: PostgresStore) -> None:
@@ -76,12 +63,8 @@ class _PgTransaction(Transaction):
         conn = self._conn
         try:
             if error is None and self._writes:
-                with conn.pipeline():
-                    if not self._began:
-                        conn.execute("BEGIN")
-                    for statement, params in self._writes:
-                        conn.execute(statement, params, prepare=True)
-                    conn.execute("COMMIT")
+                begin = [] if self._began else ["BEGIN"]
+                conn.execute("; ".join(begin + self._writes + ["COMMIT"]))
             elif self._began:
                 conn.execute("COMMIT" if error is None else "ROLLBACK")
         except psycopg.Error as exit_error:
@@ -109,17 +92,28 @@ class _PgTransaction(Transaction):
             self._load(unique, counted)
 
     def _load(self, keys: Sequence[str], counted: Sequence[str]) -> None:
-        conn = self._conn
+        quote = self._store._quote
         # Sorted: every host locks in the same order, so no two wait on each other.
+        literals = [quote(key) for key in sorted(set(keys) | set(counted))]
         # Separate statements: under READ COMMITTED each reads what was
         # committed when it began, so the reads must begin after the locks.
-        with conn.pipeline():
-            if not self._began:
-                conn.execute("BEGIN")
-            conn.execute(_LOCKS, (sorted(set(keys) | set(counted)),), prepare=True)
-            cursor = conn.execute(self._store._reads, (list(keys), list(keys), list(counted)),
-                                  prepare=True)
+        statements = [] if self._began else ["BEGIN"]
+        statements += [f"SELECT pg_advisory_xact_lock(hashtextextended({literal}, 0))"
+                       for literal in literals]
+        reads = []
+        if keys:
+            listed = ", ".join(quote(key) for key in keys)
+            reads += [f"SELECT {which}, rtrim(id), value, 0 FROM {table} WHERE id IN ({listed})"
+                      for which, table in enumerate(TABLES)]
+        if counted:
+            listed = ", ".join(quote(key) for key in counted)
+            reads.append(f"SELECT 2, rtrim(id), value, passes FROM {AUTO_WHITELIST_TABLE} "
+                         f"WHERE id IN ({listed})")
+        statements.append(" UNION ALL ".join(reads))
+        cursor = self._conn.execute("; ".join(statements))
         self._began = True
+        while cursor.nextset():
+            pass  # the last result is the reads
         found: dict = {(table, key): None for table in TABLES for key in keys}
         found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
         for which, key, value, passes in cursor.fetchall():
@@ -141,15 +135,20 @@ class _PgTransaction(Transaction):
         return self._cache.get((table, key))
 
     def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
-        self._writes.append((_UPSERT_COUNTED.format(table=table), (key, int(timestamp), int(count))))
+        self._writes.append(
+            f"INSERT INTO {table} (id, value, passes) "
+            f"VALUES ({self._store._quote(key)}, {int(timestamp)}, {int(count)}) "
+            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value, passes = EXCLUDED.passes")
         self._cache[(table, key)] = (float(timestamp), int(count))
 
     def set(self, table: str, key: str, timestamp: int) -> None:
-        self._writes.append((_UPSERT.format(table=table), (key, int(timestamp))))
+        self._writes.append(
+            f"INSERT INTO {table} (id, value) VALUES ({self._store._quote(key)}, {int(timestamp)}) "
+            f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value")
         self._cache[(table, key)] = int(timestamp)
 
     def delete(self, table: str, key: str) -> None:
-        self._writes.append((_DELETE.format(table=table), (key,)))
+        self._writes.append(f"DELETE FROM {table} WHERE id = {self._store._quote(key)}")
         self._cache[(table, key)] = None
 
 
@@ -190,10 +189,6 @@ class PostgresStore(Store):
             exists = conn.execute("SELECT to_regclass(%s)", (AUTO_WHITELIST_TABLE.lower(),)).fetchone()[0]
             if auto_whitelist or exists:
                 self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
-            # Without the auto-whitelist table, its part of the reads reads nothing.
-            counted = AUTO_WHITELIST_TABLE if AUTO_WHITELIST_TABLE in self.tables else \
-                "(SELECT NULL::bpchar AS id, 0::bigint AS value, 0 AS passes WHERE false) AS none"
-            self._reads = _READS.format(counted=counted)
             if not readonly:
                 self._create_tables(conn)
         except StoreError as error:
@@ -257,6 +252,10 @@ class PostgresStore(Store):
         if self.readonly:
             raise StoreError(f"{self.description} is open read-only")
         return _PgTransaction(self)
+
+    def _quote(self, text: str) -> str:
+        """A string as an SQL literal (keys are hex digests; anything else is quoted safely)."""
+        return self._psycopg.sql.Literal(text).as_string(None)
 
     def purge(
         self,
