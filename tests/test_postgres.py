@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -182,6 +183,35 @@ def test_outage_accepts_or_tempfails_quickly_then_recovers(tmp_path, conninfo, s
     finally:
         server.start()
     assert f.do_filter("", [path]).startswith(GREYLIST)
+    store.close()
+
+
+def test_silent_server_is_given_up_after_the_timeout(tmp_path, conninfo, server):
+    """A server (or network) that stops answering mid-connection: the filter waits
+    ``timeout`` seconds, not forever, then accepts and logs."""
+    if server is None:
+        pytest.skip("needs the test's own server")
+    config = write_pg_config(tmp_path / "m.conf", dict(conninfo, timeout=1), greylist_time=0)
+    lines: list = []
+    f, store = make_filter(config, lines=lines)
+    path = write_control(str(tmp_path / "C"))
+    assert f.do_filter("", [path]).startswith(GREYLIST)  # connected and working
+    backends = [pid for (pid,) in sql(conninfo, "SELECT pid FROM pg_stat_activity "
+                                                "WHERE application_name = 'courier-greylist'")]
+    assert backends
+    for pid in backends:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert f.do_filter("", [path]) == ""
+        waited = time.monotonic() - started
+        assert "action=error, reason=store-failure" in lines[-1]
+        assert "no answer within 1 s".replace(" ", "\\x20") in lines[-1]
+        assert 0.9 < waited < 5
+    finally:
+        for pid in backends:
+            os.kill(pid, signal.SIGCONT)
+    assert f.do_filter("", [path]) == ""  # a new connection; the triplet passed (greylist_time 0)
     store.close()
 
 
