@@ -317,8 +317,11 @@ def test_gdbm_store_left_by_a_dead_writer_is_checked_and_keeps_working(tmp_path)
 
 
 @pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
-def test_gdbm_file_is_never_written_in_place(tmp_path):
+@pytest.mark.parametrize("in_process", [True, False])
+def test_gdbm_file_is_never_written_in_place(tmp_path, monkeypatch, in_process):
     """Changes go to the journal; the gdbm file is replaced whole by a fold (purge, close)."""
+    if not in_process:  # as for a large file: the copy runs in a child process
+        monkeypatch.setattr("greylist.stores.dbm._FOLD_IN_PROCESS", 0)
     store = DbmStore(str(tmp_path), flavour="dbm.gnu")
     with store.transaction() as tx:
         for n in range(100):
@@ -345,4 +348,19 @@ def test_gdbm_file_is_never_written_in_place(tmp_path):
     assert store.purge(NOT_PASSED_TABLE, older_than=1_050) == 50
     assert len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) == 50  # a purge folds too
     assert sorted(k for k, _ in store.items(PASSED_TABLE)) == ["p" * 32]
+    store.close()
+
+
+@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+def test_gdbm_fold_without_a_child_process(tmp_path, monkeypatch):
+    """Where no interpreter can be started (embedded Python), the copy runs in this process."""
+    store = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    with store.transaction() as tx:
+        for n in range(10):
+            tx.set(NOT_PASSED_TABLE, f"{n:032x}", 1_000 + n)
+    monkeypatch.setattr(sys, "executable", "")
+    progress: list = []
+    assert store.purge(NOT_PASSED_TABLE, older_than=1_005, progress=progress.append) == 5
+    assert progress and len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) == 5
+    assert not [name for name in os.listdir(tmp_path) if ".fold." in name]
     store.close()

@@ -43,6 +43,8 @@ import os
 import re
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -69,6 +71,7 @@ _DIRTY_OFFSET = _HEADER.size
 _MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
+_FOLD_IN_PROCESS = 4 << 20  # gdbm files smaller than this are folded without a child process
 _PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
 
 try:
@@ -349,6 +352,8 @@ class _GdbmTable(_Table):
         self._gnu = _gdbm()
         self.journal_path = base + _JOURNAL_SUFFIX
         self._db = None
+        self._anchor = -1  # a descriptor on the gdbm file, so that gdbm's close is never its last
+        self.retired: list = []  # anchors of replaced files, closed outside the lock
         self._journal = -1
         self._overlay: dict = {}
         self._changes: list = []
@@ -367,12 +372,18 @@ class _GdbmTable(_Table):
                 raise StoreOpenError(f"cannot create gdbm file {self.base}: {error}") from None
         try:
             db = self._gnu.open(self.base, "ru")
-            info = os.stat(self.base)
+            anchor = os.open(self.base, os.O_RDONLY | os.O_CLOEXEC)
+            info = os.fstat(anchor)
         except self._gnu.error as error:
             raise StoreOpenError(f"cannot open gdbm file {self.base}: {error}") from None
+        # The old file was renamed over: the last close of it frees its pages
+        # and blocks, milliseconds for a large file.  gdbm's close keeps the
+        # GIL, os.close does not: the old anchor is closed after the lock is let go.
         if self._db is not None:
             self._db.close()
-        self._db, self._identity = db, (info.st_dev, info.st_ino)
+        if self._anchor >= 0:
+            self.retired.append(self._anchor)
+        self._db, self._anchor, self._identity = db, anchor, (info.st_dev, info.st_ino)
         if self._journal < 0:
             flags = os.O_CLOEXEC | os.O_NOFOLLOW
             flags |= os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT | os.O_APPEND
@@ -488,59 +499,33 @@ class _GdbmTable(_Table):
 
     # folding
 
-    def fold(self, store: DbmStore, drop: Optional[Callable[[bytes], bool]] = None,
+    def fold(self, store: DbmStore, older_than: Optional[float] = None,
              progress: Optional[Callable[[int], None]] = None) -> int:
         """Write a new gdbm file from the old one and the journal; returns entries dropped.
 
-        The copy is made outside the lock from a snapshot (the old file does
-        not change; the overlay is copied); under the lock, what was
-        appended meanwhile is added, the new file is fsynced and renamed over
-        the old one, and the journal emptied.  A kill at any point leaves the
-        old file and the whole journal, or the new file (with or without the
-        journal, whose changes it then holds already).
+        Entries stored before ``older_than`` (and values that are not times)
+        are left out: that is the purge.  The copy is made outside the lock,
+        in a process of its own (``gdbm_fold``), from a snapshot: the old
+        file does not change, and the journal's first bytes are what this
+        process has read of it.  Under the lock, what was appended meanwhile
+        is added, the new file is fsynced and renamed over the old one, and
+        the journal emptied.  A kill at any point leaves the old file and
+        the whole journal, or the new file (with or without the journal,
+        whose changes it then holds already).
         """
         if self.readonly:
             return 0
-        temporary = self.base + ".fold"
+        # A name of this process's own: the copy of a fold whose process was
+        # killed may still be running, and must not write into this one's file.
+        temporary = f"{self.base}.fold.{os.getpid()}"
         with store.locked():
-            if not self._overlay and drop is None:
+            if not self._overlay and older_than is None:
                 return 0
             identity, journal_end = self._identity, self._journal_end
-            overlay = dict(self._overlay)
-            source = self._gnu.open(self.base, "ru")  # the file as it is now, kept open
-        dropped = 0
-        target = None
+        _remove_stale_folds(self.base)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)  # left by a fold that was killed
-            target = self._gnu.open(temporary, "nfu", _FILE_MODE)
-            examined = 0
-            key = source.firstkey()
-            while key is not None:
-                if key not in overlay:
-                    value = source[key]
-                    if drop is not None and drop(value):
-                        dropped += 1
-                    else:
-                        target[key] = value
-                key = source.nextkey(key)
-                examined += 1
-                if examined % _BATCH == 0:
-                    # gdbm's calls keep the GIL: a short sleep every few hundred keys
-                    # lets the dispatcher's threads decide while the copy runs.
-                    time.sleep(_PAUSE)
-                    if progress is not None and examined % (16 * _BATCH) == 0:
-                        progress(examined)
-            for key, value in overlay.items():
-                if value is None:
-                    continue
-                examined += 1
-                if drop is not None and drop(value):
-                    dropped += 1
-                else:
-                    target[key] = value
-            target.sync()
-            _fsync_path(temporary)  # the bulk of the writing, outside the lock
+            dropped = _build_folded(self.base, self.journal_path, journal_end, temporary,
+                                    older_than, progress)
             with store.locked():
                 if self._identity != identity:
                     return 0  # another process folded first
@@ -548,26 +533,23 @@ class _GdbmTable(_Table):
                     tail: dict = {}
                     _decode_blocks(os.pread(self._journal, self._journal_end - journal_end,
                                             journal_end), tail)
-                    for key, value in tail.items():
-                        if value is None:
-                            with contextlib.suppress(KeyError):
-                                del target[key]
-                        else:
-                            target[key] = value
-                target.close()
-                target = None
-                _fsync_path(temporary)
+                    target = self._gnu.open(temporary, "wu")
+                    try:
+                        for key, value in tail.items():
+                            if value is None:
+                                with contextlib.suppress(KeyError):
+                                    del target[key]
+                            else:
+                                target[key] = value
+                    finally:
+                        target.close()
+                    _fsync_path(temporary)
                 store.note_write()  # marks the store: a kill from here on is repaired
                 os.rename(temporary, self.base)
                 _fsync_directory(os.path.dirname(self.base) or ".")
                 os.ftruncate(self._journal, 0)
                 self._open()
-            if progress is not None:
-                progress(examined)
         finally:
-            source.close()
-            if target is not None:
-                target.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
         return dropped
@@ -575,13 +557,81 @@ class _GdbmTable(_Table):
     def compact(self, store: DbmStore) -> None:
         self.fold(store)
 
+    def close_retired(self) -> None:
+        """Close the anchors of replaced files (call without the lock held)."""
+        while self.retired:
+            os.close(self.retired.pop())
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._anchor >= 0:
+            self.retired.append(self._anchor)
+            self._anchor = -1
+        self.close_retired()
         if self._journal >= 0:
             os.close(self._journal)
             self._journal = -1
+
+
+def _remove_stale_folds(base: str) -> None:
+    """Remove the files of folds whose process is gone (killed mid-fold)."""
+    directory, name = os.path.split(base)
+    prefix = name + ".fold."
+    for entry in os.listdir(directory or "."):
+        if not entry.startswith(prefix):
+            continue
+        try:
+            pid = int(entry[len(prefix):])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+            continue  # its process is alive: its fold may be running
+        except ValueError:
+            pass  # not one of ours: a name we never write
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, entry))
+        except PermissionError:
+            continue  # alive, under another user
+
+
+def _build_folded(base: str, journal: str, journal_end: int, temporary: str,
+                  older_than: Optional[float], progress: Optional[Callable[[int], None]]) -> int:
+    """Run gdbm_fold's copy in a child process (here, for a small file or if none can be started)."""
+    from . import gdbm_fold
+
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "greylist.stores.gdbm_fold", base, journal, str(journal_end),
+               temporary, "-" if older_than is None else repr(float(older_than)), str(os.getpid())]
+    try:
+        if not sys.executable:
+            raise OSError("no interpreter to start")
+        if os.path.getsize(base) + journal_end < _FOLD_IN_PROCESS:
+            raise OSError("small enough to copy here")
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, env=env, close_fds=True)
+    except OSError:
+        examined, dropped = gdbm_fold.build(base, journal, journal_end, temporary, older_than, progress)
+        if progress is not None:
+            progress(examined)
+        return dropped
+    done = None
+    with child:
+        for line in child.stdout:
+            words = line.split()
+            if words[:1] == [b"progress"] and progress is not None:
+                progress(int(words[1]))
+            elif words[:1] == [b"done"]:
+                done = (int(words[1]), int(words[2]))
+        errors = child.stderr.read().decode("utf-8", "replace").strip().splitlines()
+    if child.returncode != 0 or done is None:
+        raise OSError(f"folding {base} failed: {errors[-1] if errors else f'exit {child.returncode}'}")
+    if progress is not None:
+        progress(done[0])
+    return done[1]
 
 
 def _fsync_path(path: str) -> None:
@@ -1058,6 +1108,9 @@ class DbmStore(Store):
                 self._lock.dirty = False  # every change of this hold is in the files
         finally:
             self._lock.release()
+        for table in self._tables.values():
+            if getattr(table, "retired", None):
+                table.close_retired()
 
     def _recover(self) -> None:
         """A writer died while applying its changes: read every table afresh."""
@@ -1111,7 +1164,7 @@ class DbmStore(Store):
         fold = getattr(self._tables[table], "fold", None)
         if fold is not None:  # gdbm: a new file without the expired entries
             try:
-                return fold(self, drop=expired, progress=progress)
+                return fold(self, older_than=older_than, progress=progress)
             except (OSError, _gdbm().error) as error:
                 raise StoreError(f"purge of {table} in {self.directory}: {error}") from error
         # First find the expired keys, then delete them (in batches, letting
