@@ -16,3 +16,10 @@ def test_benchmark_smoke_run():
     assert len(ours) == 8, result.stdout  # 2 sizes x 4 modes
     assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
     assert any("x " in line for line in ours)  # a ratio against the reference was printed
+
+
+def test_features_benchmark_smoke_run():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "features.py"), "--seconds", "0.05"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("us per decision") == 3
