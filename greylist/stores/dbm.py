@@ -62,6 +62,7 @@ from . import (
     parse_counted,
     parse_timestamp,
 )
+from .gdbm_fold import FoldCopy
 
 LOCK_NAME = "greylist.lock"
 _HEADER = struct.Struct("<Qd")  # generation, time of the last purge
@@ -504,14 +505,15 @@ class _GdbmTable(_Table):
         """Write a new gdbm file from the old one and the journal; returns entries dropped.
 
         Entries stored before ``older_than`` (and values that are not times)
-        are left out: that is the purge.  The copy is made outside the lock,
-        in a process of its own (``gdbm_fold``), from a snapshot: the old
-        file does not change, and the journal's first bytes are what this
-        process has read of it.  Under the lock, what was appended meanwhile
-        is added, the new file is fsynced and renamed over the old one, and
-        the journal emptied.  A kill at any point leaves the old file and
-        the whole journal, or the new file (with or without the journal,
-        whose changes it then holds already).
+        are left out: that is the purge.  The copy is made outside the lock
+        (for a large file in a process of its own, see ``gdbm_fold``) from a
+        snapshot: the old file does not change, and the journal's first
+        bytes are what this process has read of it.  What was appended
+        meanwhile is added in rounds, the last one under the lock; then the
+        new file is fsynced and renamed over the old one and the journal
+        emptied.  A kill at any point leaves the old file and the whole
+        journal, or the new file (with or without the journal, whose changes
+        it then holds already).
         """
         if self.readonly:
             return 0
@@ -521,35 +523,35 @@ class _GdbmTable(_Table):
         with store.locked():
             if not self._overlay and older_than is None:
                 return 0
-            identity, journal_end = self._identity, self._journal_end
+            identity, copied_to = self._identity, self._journal_end
         _remove_stale_folds(self.base)
+        copier = _Copier(self.base, self.journal_path, temporary, older_than)
         try:
-            dropped = _build_folded(self.base, self.journal_path, journal_end, temporary,
-                                    older_than, progress)
+            examined, dropped = copier.build(copied_to, progress)
+            for _ in range(3):  # catch up outside the lock while mail keeps coming
+                with store.locked():
+                    if self._identity != identity:
+                        return 0  # another process folded first
+                    appended_to = self._journal_end
+                if appended_to == copied_to:
+                    break
+                copier.apply(copied_to, appended_to)
+                copied_to = appended_to
             with store.locked():
                 if self._identity != identity:
-                    return 0  # another process folded first
-                if self._journal_end > journal_end:  # appended while we copied
-                    tail: dict = {}
-                    _decode_blocks(os.pread(self._journal, self._journal_end - journal_end,
-                                            journal_end), tail)
-                    target = self._gnu.open(temporary, "wu")
-                    try:
-                        for key, value in tail.items():
-                            if value is None:
-                                with contextlib.suppress(KeyError):
-                                    del target[key]
-                            else:
-                                target[key] = value
-                    finally:
-                        target.close()
-                    _fsync_path(temporary)
+                    return 0
+                if self._journal_end > copied_to:
+                    copier.apply(copied_to, self._journal_end)
+                copier.finish()
                 store.note_write()  # marks the store: a kill from here on is repaired
                 os.rename(temporary, self.base)
                 _fsync_directory(os.path.dirname(self.base) or ".")
                 os.ftruncate(self._journal, 0)
                 self._open()
+            if progress is not None:
+                progress(examined)
         finally:
+            copier.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
         return dropped
@@ -596,42 +598,78 @@ def _remove_stale_folds(base: str) -> None:
             continue  # alive, under another user
 
 
-def _build_folded(base: str, journal: str, journal_end: int, temporary: str,
-                  older_than: Optional[float], progress: Optional[Callable[[int], None]]) -> int:
-    """Run gdbm_fold's copy in a child process (here, for a small file or if none can be started)."""
-    from . import gdbm_fold
+class _Copier:
+    """A fold's copy: in a child process for a large file, else here (``gdbm_fold.FoldCopy``)."""
 
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, "-m", "greylist.stores.gdbm_fold", base, journal, str(journal_end),
-               temporary, "-" if older_than is None else repr(float(older_than)), str(os.getpid())]
-    try:
-        if not sys.executable:
-            raise OSError("no interpreter to start")
-        if os.path.getsize(base) + journal_end < _FOLD_IN_PROCESS:
-            raise OSError("small enough to copy here")
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, env=env, close_fds=True)
-    except OSError:
-        examined, dropped = gdbm_fold.build(base, journal, journal_end, temporary, older_than, progress)
-        if progress is not None:
-            progress(examined)
-        return dropped
-    done = None
-    with child:
-        for line in child.stdout:
-            words = line.split()
-            if words[:1] == [b"progress"] and progress is not None:
-                progress(int(words[1]))
-            elif words[:1] == [b"done"]:
-                done = (int(words[1]), int(words[2]))
-        errors = child.stderr.read().decode("utf-8", "replace").strip().splitlines()
-    if child.returncode != 0 or done is None:
-        raise OSError(f"folding {base} failed: {errors[-1] if errors else f'exit {child.returncode}'}")
-    if progress is not None:
-        progress(done[0])
-    return done[1]
+    def __init__(self, base: str, journal: str, temporary: str, older_than: Optional[float]) -> None:
+        self.base = base
+        self._args = (base, journal, temporary, older_than)
+        self._here: Optional[FoldCopy] = None
+        self._child: Optional[subprocess.Popen] = None
+
+    def build(self, journal_end: int, progress: Optional[Callable[[int], None]]) -> Tuple[int, int]:
+        base, journal, temporary, older_than = self._args
+        if sys.executable and os.path.getsize(base) + journal_end >= _FOLD_IN_PROCESS:
+            package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+            command = [sys.executable, "-m", "greylist.stores.gdbm_fold", base, journal,
+                       str(journal_end), temporary,
+                       "-" if older_than is None else repr(float(older_than)), str(os.getpid())]
+            try:
+                self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, env=env, close_fds=True)
+            except OSError:
+                self._child = None  # no interpreter to start: copy here
+        if self._child is None:
+            self._here = FoldCopy(base, journal, temporary, older_than)
+            return self._here.build(journal_end, progress)
+        while True:
+            words = self._answer()
+            if words[0] == b"progress":
+                if progress is not None:
+                    progress(int(words[1]))
+            elif words[0] == b"built":
+                return int(words[1]), int(words[2])
+
+    def _answer(self) -> list:
+        line = self._child.stdout.readline()
+        if not line.strip():
+            self._child.wait()
+            errors = self._child.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            raise OSError(f"folding {self.base} failed: "
+                          f"{errors[-1] if errors else f'exit {self._child.returncode}'}")
+        return line.split()
+
+    def _order(self, order: str, answer: bytes) -> None:
+        self._child.stdin.write(order.encode() + b"\n")
+        self._child.stdin.flush()
+        while self._answer()[0] != answer:
+            pass
+
+    def apply(self, start: int, end: int) -> None:
+        if self._here is not None:
+            self._here.apply(start, end)
+        else:
+            self._order(f"apply {start} {end}", b"applied")
+
+    def finish(self) -> None:
+        if self._here is not None:
+            self._here.finish()
+        else:
+            self._order("finish", b"finished")
+
+    def close(self) -> None:
+        if self._here is not None:
+            self._here.abandon()
+        if self._child is not None:
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()
+            if self._child.poll() is None:
+                self._child.kill()
+            self._child.wait()
+            for stream in (self._child.stdout, self._child.stderr):
+                stream.close()
 
 
 def _fsync_path(path: str) -> None:

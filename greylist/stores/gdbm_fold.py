@@ -1,59 +1,76 @@
-"""The copy half of a gdbm fold, run in a process of its own.
+"""The copy half of a gdbm fold, run in a process of its own for a large file.
 
 ``python -m greylist.stores.gdbm_fold BASE JOURNAL JOURNAL_END TEMPORARY OLDER_THAN PARENT_PID``
 writes TEMPORARY: every entry of the gdbm file BASE, overlaid with the
 changes in the first JOURNAL_END bytes of JOURNAL, leaving out entries
-stored before OLDER_THAN (``-``: none), then fsyncs it.  It prints
-``progress N`` lines as it goes and ``done EXAMINED DROPPED`` at the end.
+stored before OLDER_THAN (``-``: none), then syncs it.  It prints
+``progress N`` lines as it goes and ``built EXAMINED DROPPED`` at the end,
+then takes orders on stdin, one a line, each answered with one line:
+
+* ``apply START END``: apply the journal's bytes START..END (what was
+  appended meanwhile) and sync; answers ``applied``;
+* ``finish``: close the file (gdbm syncs) and fsync it; answers ``finished``.
 
 Why a process: gdbm's calls keep Python's GIL (its sync, an fsync of the
 whole new file, too) and its bucket cache grows with the file; in a process
 of its own, the copy of a million entries neither holds up the dispatcher's
-threads nor grows the dispatcher's memory.  The dispatcher takes the lock
-only to add what was appended meanwhile and rename the new file into place.
+threads nor grows the dispatcher's memory.  The dispatcher holds the store
+lock only for the last ``apply`` and ``finish`` and the rename.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 _PROGRESS_EVERY = 16384
 
 
-def build(base: str, journal: str, journal_end: int, temporary: str, older_than: Optional[float],
-          progress: Optional[Callable[[int], None]] = None) -> Tuple[int, int]:
-    """Write the folded file; returns (entries examined, entries dropped as expired)."""
-    import dbm.gnu
+class FoldCopy:
+    """The new file being written: built from the old one, then brought up to date."""
 
-    from . import parse_timestamp
-    from .dbm import _FILE_MODE, _decode_blocks
+    def __init__(self, base: str, journal: str, temporary: str, older_than: Optional[float]) -> None:
+        import dbm.gnu
 
-    overlay: dict = {}
-    if journal_end:
-        fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _decode_blocks(os.pread(fd, journal_end, 0), overlay)
-        finally:
-            os.close(fd)
+        self._gnu = dbm.gnu
+        self.base, self.journal, self.temporary, self.older_than = base, journal, temporary, older_than
+        self.target = None
 
-    def expired(raw: bytes) -> bool:
-        if older_than is None:
+    def _expired(self, raw: bytes) -> bool:
+        from . import parse_timestamp
+
+        if self.older_than is None:
             return False
         stamp = parse_timestamp(raw)
-        return stamp is None or stamp < older_than
+        return stamp is None or stamp < self.older_than
 
-    examined = dropped = 0
-    source = dbm.gnu.open(base, "ru")
-    try:
-        target = dbm.gnu.open(temporary, "nu", _FILE_MODE)
+    def _journal_changes(self, start: int, end: int) -> dict:
+        from .dbm import _decode_blocks
+
+        changes: dict = {}
+        if end > start:
+            fd = os.open(self.journal, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _decode_blocks(os.pread(fd, end - start, start), changes)
+            finally:
+                os.close(fd)
+        return changes
+
+    def build(self, journal_end: int, progress: Optional[Callable[[int], None]] = None) -> tuple:
+        """Copy the old file and the journal's first bytes; returns (examined, dropped)."""
+        from .dbm import _FILE_MODE
+
+        overlay = self._journal_changes(0, journal_end)
+        examined = dropped = 0
+        source = self._gnu.open(self.base, "ru")
         try:
+            self.target = target = self._gnu.open(self.temporary, "nu", _FILE_MODE)
             key = source.firstkey()
             while key is not None:
                 if key not in overlay:
                     value = source[key]
-                    if expired(value):
+                    if self._expired(value):
                         dropped += 1
                     else:
                         target[key] = value
@@ -61,24 +78,45 @@ def build(base: str, journal: str, journal_end: int, temporary: str, older_than:
                 examined += 1
                 if progress is not None and examined % _PROGRESS_EVERY == 0:
                     progress(examined)
-            for key, value in overlay.items():
-                if value is None:
-                    continue
-                examined += 1
-                if expired(value):
-                    dropped += 1
-                else:
-                    target[key] = value
         finally:
-            target.close()  # gdbm writes out its cache and syncs
-    finally:
-        source.close()
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return examined, dropped
+            source.close()
+        for key, value in overlay.items():
+            if value is None:
+                continue
+            examined += 1
+            if self._expired(value):
+                dropped += 1
+            else:
+                target[key] = value
+        target.sync()
+        return examined, dropped
+
+    def apply(self, start: int, end: int) -> None:
+        """Bring the new file up to date with what the journal got meanwhile."""
+        for key, value in self._journal_changes(start, end).items():
+            if value is None:
+                try:
+                    del self.target[key]
+                except KeyError:
+                    pass
+            else:
+                self.target[key] = value
+        self.target.sync()
+
+    def finish(self) -> None:
+        """Close the new file and make it durable."""
+        self.target.close()
+        self.target = None
+        fd = os.open(self.temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def abandon(self) -> None:
+        if self.target is not None:
+            self.target.close()
+            self.target = None
 
 
 def _die_with(parent: int) -> None:
@@ -98,20 +136,28 @@ def _die_with(parent: int) -> None:
 def main(argv: list) -> int:
     base, journal, journal_end, temporary, older_than, parent = argv
     _die_with(int(parent))
-    with_nice = getattr(os, "nice", None)
-    if with_nice is not None:
-        try:
-            with_nice(10)  # mail first
-        except OSError:
-            pass
+    try:
+        os.nice(10)  # mail first
+    except (OSError, AttributeError):
+        pass
 
     def report(count: int) -> None:
         print(f"progress {count}", flush=True)
 
-    examined, dropped = build(base, journal, int(journal_end), temporary,
-                              None if older_than == "-" else float(older_than), report)
-    print(f"done {examined} {dropped}", flush=True)
-    return 0
+    copy = FoldCopy(base, journal, temporary, None if older_than == "-" else float(older_than))
+    examined, dropped = copy.build(int(journal_end), report)
+    print(f"built {examined} {dropped}", flush=True)
+    for line in sys.stdin:
+        order = line.split()
+        if order[:1] == ["apply"]:
+            copy.apply(int(order[1]), int(order[2]))
+            print("applied", flush=True)
+        elif order[:1] == ["finish"]:
+            copy.finish()
+            print("finished", flush=True)
+            return 0
+    copy.abandon()  # the dispatcher went away: no fold
+    return 1
 
 
 if __name__ == "__main__":
