@@ -76,6 +76,7 @@ class ClientState:
     """A client network in the auto-whitelist."""
 
     network: str
+    needed: int  # passes that earn the auto-whitelist (auto_whitelist_clients)
     passes: int = 0
     last_seen: Optional[float] = None
     whitelisted: bool = False
@@ -142,7 +143,7 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
             lookup.triplets.append(_state(recipient, key, stored, now, greylist.timing))
         if client_key is not None:
             record = tx.get_counted(AUTO_WHITELIST_TABLE, client_key)
-            lookup.client = ClientState(client_key)
+            lookup.client = ClientState(client_key, settings.auto_whitelist_clients)
             if record is not None and policy._live(record[0], settings.senders_passed_ttl, now):
                 lookup.client.last_seen, lookup.client.passes = record
                 lookup.client.whitelisted = policy.auto_whitelisted(

@@ -169,16 +169,21 @@ def _address(text: str) -> IPAddress:
         raise CommandError(str(error)) from None
 
 
-def command_show(args: argparse.Namespace) -> int:
+def _on_store(args: argparse.Namespace, action):
+    """Run ``action(filter)`` on the configured store, then close it; errors become one line."""
     greylist = _open_filter(args)
-    now = time.time()
     try:
-        lookup = admin.show(greylist, args.sender, args.recipient, _address(args.ip), now,
-                            client_name=args.client_name)
+        return action(greylist)
     except StoreError as error:
         raise CommandError(str(error)) from None
     finally:
         greylist.store.close()
+
+
+def command_show(args: argparse.Namespace) -> int:
+    now = time.time()
+    lookup = _on_store(args, lambda greylist: admin.show(
+        greylist, args.sender, args.recipient, _address(args.ip), now, client_name=args.client_name))
     if args.json:
         print(json.dumps(dataclasses.asdict(lookup), indent=2))
         return EX_OK
@@ -190,8 +195,7 @@ def command_show(args: argparse.Namespace) -> int:
         if client.last_seen is None:
             print(f"auto-whitelist: no record of {client.network}")
         else:
-            status = "auto-whitelisted" if client.whitelisted else (
-                f"not yet ({greylist.settings.auto_whitelist_clients} needed)")
+            status = "auto-whitelisted" if client.whitelisted else f"not yet ({client.needed} needed)"
             print(f"auto-whitelist: {client.network}: {client.passes} triplets passed, last seen "
                   f"{admin.when(client.last_seen)}; {status}")
     for triplet in lookup.triplets:
@@ -200,39 +204,23 @@ def command_show(args: argparse.Namespace) -> int:
 
 
 def command_allow(args: argparse.Namespace) -> int:
-    greylist = _open_filter(args)
-    try:
-        keys = admin.allow(greylist, args.sender, args.recipient, _address(args.ip), time.time())
-    except StoreError as error:
-        raise CommandError(str(error)) from None
-    finally:
-        greylist.store.close()
+    keys = _on_store(args, lambda greylist: admin.allow(greylist, args.sender, args.recipient,
+                                                        _address(args.ip), time.time()))
     for recipient, key in zip(args.recipient, keys):
         print(f"allowed: {args.sender} -> {recipient} from {args.ip}  [{key}]")
     return EX_OK
 
 
 def command_delete(args: argparse.Namespace) -> int:
-    greylist = _open_filter(args)
-    try:
-        found = admin.delete(greylist, args.sender, args.recipient, _address(args.ip))
-    except StoreError as error:
-        raise CommandError(str(error)) from None
-    finally:
-        greylist.store.close()
+    found = _on_store(args, lambda greylist: admin.delete(greylist, args.sender, args.recipient,
+                                                          _address(args.ip)))
     print(f"deleted {found} entr{'y' if found == 1 else 'ies'} "
           f"for {len(args.recipient)} triplet{'s' if len(args.recipient) != 1 else ''}")
     return EX_OK
 
 
 def command_stats(args: argparse.Namespace) -> int:
-    greylist = _open_filter(args)
-    try:
-        result = admin.stats(greylist, time.time(), top=args.top)
-    except StoreError as error:
-        raise CommandError(str(error)) from None
-    finally:
-        greylist.store.close()
+    result = _on_store(args, lambda greylist: admin.stats(greylist, time.time(), top=args.top))
     if args.json:
         print(json.dumps(result, indent=2))
         return EX_OK

@@ -213,6 +213,9 @@ def test_stats_and_purge(tmp_path):
     assert tables["greylist_AutoWhitelist"]["whitelisted_networks"] == 1
     text = run("stats", "--config", config).stdout
     assert "greylist_NotPassed: 3 entries" in text and "< 1 hour" in text
+    shown = run("show", "--config", config, "--sender", "s0@example.com", "--recipient", "bob@example.net",
+                "--ip", "192.0.2.99").stdout
+    assert "auto-whitelist: 192.0.2.0/24: 1 triplets passed" in shown and "auto-whitelisted" in shown
 
     # age the pending entries past their TTL by rewriting them through import
     exported = run("export", "--config", config).stdout

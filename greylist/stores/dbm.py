@@ -545,7 +545,7 @@ class _GdbmTable(_Table):
                 copier.finish()
                 store.note_write()  # marks the store: a kill from here on is repaired
                 os.rename(temporary, self.base)
-                _fsync_directory(os.path.dirname(self.base) or ".")
+                _fsync(os.path.dirname(self.base) or ".")
                 os.ftruncate(self._journal, 0)
                 self._open()
             if progress is not None:
@@ -670,14 +670,6 @@ class _Copier:
             self._child.wait()
             for stream in (self._child.stdout, self._child.stderr):
                 stream.close()
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _GenericTable(_MappingTable):
@@ -931,7 +923,7 @@ class _DumbTable(_Table):
                 os.write(fd, tail)
                 os.fsync(fd)
                 os.rename(temporary, self.dir_path)
-                _fsync_directory(os.path.dirname(self.dir_path) or ".")
+                _fsync(os.path.dirname(self.dir_path) or ".")
                 index = dict(live)
                 added: dict = {}
                 self._parse(tail, added)
@@ -989,7 +981,8 @@ class _KeyList:
             yield self._others[start : start + size]
 
 
-def _fsync_directory(path: str) -> None:
+def _fsync(path: str) -> None:
+    """Make a file, or a directory's entries, durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -105,13 +105,11 @@ class FoldCopy:
 
     def finish(self) -> None:
         """Close the new file and make it durable."""
+        from .dbm import _fsync
+
         self.target.close()
         self.target = None
-        fd = os.open(self.temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(self.temporary)
 
     def abandon(self) -> None:
         if self.target is not None:
