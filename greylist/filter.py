@@ -333,6 +333,9 @@ class GreylistFilter:
         # (and again if the clock was stepped back).
         if self.purge_mode == "never" or self._purging.locked():
             return
+        if self.store.wants_compaction():  # a busy server between two purges
+            self._in_background(self.compact)
+            return
         if self._last_purge_check <= now < self._last_purge_check + self.settings.senders_purge_interval:
             return
         self._last_purge_check = now
@@ -342,11 +345,24 @@ class GreylistFilter:
         except (StoreError, OSError) as error:
             self.log(f"greylist: purge not started: {log_safe(error)}")
             return
+        self._in_background(self.purge, now)
+
+    def _in_background(self, job: Callable, *args) -> None:
         if self.purge_mode == "inline":
-            self.purge(now)
+            job(*args)
         else:
-            threading.Thread(target=self.purge, args=(now,), name="greylist-purge",
-                             daemon=True).start()
+            threading.Thread(target=job, args=args, name="greylist-purge", daemon=True).start()
+
+    def compact(self) -> None:
+        """Fold what piled up in the store (the gdbm journals); logs and swallows failures."""
+        if not self._purging.acquire(blocking=False):
+            return
+        try:
+            self.store.compact()
+        except Exception as error:
+            self.log(f"greylist: compaction failed: {log_safe(repr(error))}")
+        finally:
+            self._purging.release()
 
     def purge(self, now: float, progress: Optional[Callable[[str, int], None]] = None) -> int:
         """Drop expired entries from every store; logs and swallows failures."""

@@ -364,3 +364,23 @@ def test_gdbm_fold_without_a_child_process(tmp_path, monkeypatch):
     assert progress and len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) == 5
     assert not [name for name in os.listdir(tmp_path) if ".fold." in name]
     store.close()
+
+
+@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+def test_a_busy_journal_is_folded_before_the_purge_is_due(tmp_path, monkeypatch):
+    """Between two purges a busy server folds when the journal's overlay grows large."""
+    from helpers import Clock
+
+    from greylist.filter import GreylistFilter
+    from greylist.settings import Settings
+
+    monkeypatch.setattr("greylist.stores.dbm._FOLD_AFTER", 5)
+    store = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    greylist = GreylistFilter(Settings(db_dir=str(tmp_path)), store, clock=Clock(), log=print,
+                              purge="inline")
+    greylist._last_purge_check = greylist.clock()  # the interval's purge is not due
+    for n in range(12):
+        greylist.do_filter("", [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com")])
+    assert len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) >= 6  # folded into the gdbm file
+    assert store._tables[NOT_PASSED_TABLE].pending <= 6  # the journal was emptied on the way
+    store.close()

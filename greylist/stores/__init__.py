@@ -146,6 +146,13 @@ class Store(abc.ABC):
         """Every (key, time, count) of a counted table."""
         raise StoreError(f"{table} holds no counted values")
 
+    def wants_compaction(self) -> bool:
+        """True when changes have piled up that ``compact()`` would fold away (cheap to ask)."""
+        return False
+
+    def compact(self) -> None:  # noqa: B027 (nothing to tidy unless a store says so)
+        """Tidy the files now (fold journals, compact indexes); a no-op by default."""
+
     def claim_purge(self, now: float, interval: float) -> bool:
         """True when this caller should purge now (at most once per interval)."""
         return True

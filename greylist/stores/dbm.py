@@ -72,6 +72,7 @@ _DIRTY_OFFSET = _HEADER.size
 _MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
+_FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
 _FOLD_IN_PROCESS = 4 << 20  # gdbm files smaller than this are folded without a child process
 _PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
 
@@ -1252,8 +1253,12 @@ class DbmStore(Store):
                 if counted is not None:
                     yield key.decode("latin-1"), counted[0], counted[1]
 
+    def wants_compaction(self) -> bool:
+        """True when a gdbm journal holds so many changes that its overlay costs real memory."""
+        return any(getattr(table, "pending", 0) > _FOLD_AFTER for table in self._tables.values())
+
     def compact(self) -> None:
-        """Tidy the files now (dbm.dumb: drop deleted keys from the index)."""
+        """Tidy the files now (gdbm: fold the journals; dbm.dumb: drop deleted keys from the index)."""
         if not self.readonly:
             for table in self._tables.values():
                 table.compact(self)
