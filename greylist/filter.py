@@ -98,6 +98,8 @@ class Verdict:
             parts.append(f"recipients={shown}{more}")
         if self.spf_domain:
             parts.append(f"spf_domain={log_safe(self.spf_domain)}")
+        if self.whitelisted_recipients:
+            parts.append(f"whitelisted_recipients={self.whitelisted_recipients}")
         if self.decision is not None and not self.decision.accept:
             parts.append(f"wait={policy.format_wait(self.decision.wait)}")
         if self.decision is not None:
@@ -151,6 +153,7 @@ class GreylistFilter:
         # the whole decision avoids a convoy on the store lock.
         self._turn = threading.Lock() if store.decisions_take_turns else contextlib.nullcontext()
         self._last_purge_check = float("-inf")
+        self._next_compaction_check = float("-inf")
         self.whitelists: Optional[WhitelistFiles] = None
         self.smtpaccess: Optional[SmtpAccess] = None
         try:
@@ -333,9 +336,11 @@ class GreylistFilter:
         # (and again if the clock was stepped back).
         if self.purge_mode == "never" or self._purging.locked():
             return
-        if self.store.wants_compaction():  # a busy server between two purges
-            self._in_background(self.compact)
-            return
+        if now >= self._next_compaction_check:
+            self._next_compaction_check = now + 60  # a failing compaction is not retried per message
+            if self.store.wants_compaction():  # a busy server between two purges
+                self._in_background(self.compact)
+                return
         if self._last_purge_check <= now < self._last_purge_check + self.settings.senders_purge_interval:
             return
         self._last_purge_check = now

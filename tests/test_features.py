@@ -104,6 +104,7 @@ def test_whitelist_recipients_all_or_the_rest_still_waits(env):
     # postmaster@ to every message would otherwise skip greylisting.
     path = env.control(recipients=["postmaster@example.net", "bob@example.net"])
     assert f.do_filter("", [path]).startswith(GREYLIST)
+    assert "whitelisted_recipients=1" in env.lines[-1]
     assert len(entries(env.store, NOT_PASSED_TABLE)) == 1  # only bob's triplet
     env.clock.advance(301)
     assert f.do_filter("", [path]) == ""

@@ -41,6 +41,7 @@ import errno
 import mmap
 import os
 import re
+import select
 import stat
 import struct
 import subprocess
@@ -73,7 +74,10 @@ _MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
 _FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
-_FOLD_IN_PROCESS = 4 << 20  # gdbm files smaller than this are folded without a child process
+_FOLD_IN_PROCESS = 4 << 20
+# The longest a fold's copying process may take to answer while the store lock
+# is held (adding the last changes, closing the file): past it, the fold is given up.
+_ANSWER_TIMEOUT = 60.0  # gdbm files smaller than this are folded without a child process
 _PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
 
 try:
@@ -618,8 +622,10 @@ class _Copier:
                        str(journal_end), temporary,
                        "-" if older_than is None else repr(float(older_than)), str(os.getpid())]
             try:
+                # Unbuffered: the answers are waited for with poll, with a deadline.
                 self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                               stderr=subprocess.PIPE, env=env, close_fds=True)
+                                               stderr=subprocess.PIPE, env=env, close_fds=True,
+                                               bufsize=0)
             except OSError:
                 self._child = None  # no interpreter to start: copy here
         if self._child is None:
@@ -633,7 +639,15 @@ class _Copier:
             elif words[0] == b"built":
                 return int(words[1]), int(words[2])
 
-    def _answer(self) -> list:
+    def _answer(self, timeout: Optional[float] = None) -> list:
+        """The child's next line; ``timeout`` bounds the wait (used while the lock is held)."""
+        if timeout is not None:
+            waiter = select.poll()
+            waiter.register(self._child.stdout.fileno(), select.POLLIN)
+            if not waiter.poll(timeout * 1000):
+                self._child.kill()
+                raise OSError(f"folding {self.base}: no answer from the copying process "
+                              f"within {timeout:g} s")
         line = self._child.stdout.readline()
         if not line.strip():
             self._child.wait()
@@ -645,7 +659,7 @@ class _Copier:
     def _order(self, order: str, answer: bytes) -> None:
         self._child.stdin.write(order.encode() + b"\n")
         self._child.stdin.flush()
-        while self._answer()[0] != answer:
+        while self._answer(_ANSWER_TIMEOUT)[0] != answer:
             pass
 
     def apply(self, start: int, end: int) -> None:
