@@ -74,10 +74,10 @@ _MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
 _FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
-_FOLD_IN_PROCESS = 4 << 20
+_FOLD_IN_PROCESS = 4 << 20  # gdbm files smaller than this are folded without a child process
 # The longest a fold's copying process may take to answer while the store lock
 # is held (adding the last changes, closing the file): past it, the fold is given up.
-_ANSWER_TIMEOUT = 60.0  # gdbm files smaller than this are folded without a child process
+_ANSWER_TIMEOUT = 60.0
 _PAUSE = 0.0005  # a purge's pause between two holds, so that mail never waits long
 
 try:
