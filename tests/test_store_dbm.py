@@ -12,6 +12,8 @@ import threading
 
 import pytest
 from helpers import have_gdbm, replay_total, write_control
+from hypothesis import given
+from hypothesis import strategies as st
 
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
 from greylist.stores.dbm import LOCK_NAME, DbmStore
@@ -385,3 +387,26 @@ def test_a_busy_journal_is_folded_before_the_purge_is_due(tmp_path, monkeypatch)
     assert len(stdlib_contents(str(tmp_path), NOT_PASSED_TABLE)) >= 6  # folded into the gdbm file
     assert store._tables[NOT_PASSED_TABLE].pending <= 6  # the journal was emptied on the way
     store.close()
+
+
+@given(blocks=st.lists(st.lists(st.tuples(st.binary(min_size=1, max_size=64),
+                                          st.one_of(st.none(), st.binary(max_size=20))),
+                                min_size=1, max_size=5), min_size=1, max_size=6),
+       cut=st.integers(min_value=0), garbage=st.binary(max_size=16))
+def test_journal_keeps_every_whole_block_and_nothing_torn(blocks, cut, garbage):
+    """Cut the journal anywhere, add any bytes: exactly the whole blocks before the cut count."""
+    from greylist.stores.dbm import _decode_blocks, _encode_block
+
+    encoded = [_encode_block(changes) for changes in blocks]
+    data = b"".join(encoded)
+    cut %= len(data) + 1
+    expected: dict = {}
+    offset = 0
+    for changes, block in zip(blocks, encoded):
+        if offset + len(block) > cut:
+            break
+        expected.update(changes)
+        offset += len(block)
+    found: dict = {}
+    used = _decode_blocks(data[:cut] + garbage + b"\x00" * 8, found)  # a torn write, zeros
+    assert used == offset and found == expected

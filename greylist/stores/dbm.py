@@ -304,14 +304,16 @@ def _decode_blocks(data: bytes, into: dict) -> int:
     """Apply every whole, intact block of ``data`` to ``into``; returns the bytes used.
 
     A block that is cut short or fails its checksum is the last write of a
-    writer that died: it and anything after it are not used.
+    writer that died: it and anything after it are not used.  So is an empty
+    one, which no writer writes: zeros where a power loss left the file
+    longer than what reached the disk.
     """
     offset = 0
     while offset + _BLOCK_HEADER.size <= len(data):
         length, checksum = _BLOCK_HEADER.unpack_from(data, offset)
         start = offset + _BLOCK_HEADER.size
         payload = data[start : start + length]
-        if len(payload) < length or zlib.crc32(payload) != checksum:
+        if not length or len(payload) < length or zlib.crc32(payload) != checksum:
             break
         position = 0
         while position < length:
