@@ -13,7 +13,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -388,23 +390,32 @@ def command_export(args: argparse.Namespace) -> int:
 def command_import(args: argparse.Namespace) -> int:
     settings = _load(args)
     _act_as_store_owner(settings)
+    # Read twice, streaming (an export of a million entries is ~100 MB): once to
+    # see whether it has auto-whitelist entries, whose table must then be opened.
+    # Standard input is spooled to a temporary file for that.
     try:
         if args.file in (None, "-"):
-            lines = sys.stdin.readlines()
+            lines = tempfile.TemporaryFile("w+", encoding="utf-8")
+            shutil.copyfileobj(sys.stdin, lines)
         else:
-            with open(args.file, encoding="utf-8") as handle:
-                lines = handle.readlines()
+            lines = open(args.file, encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CommandError(f"import failed: {error}") from None
-    needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
-    store = _open(settings, with_auto_whitelist=needs_table)
-    try:
-        count = transfer.write_entries(store, transfer.parse_lines(lines),
-                                       _progress_printer("imported"))
-    except (OSError, StoreError, transfer.TransferError) as error:
-        raise CommandError(f"import failed: {error}") from None
-    finally:
-        store.close()
+    with lines:
+        try:
+            lines.seek(0)
+            needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
+            lines.seek(0)
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"import failed: {error}") from None
+        store = _open(settings, with_auto_whitelist=needs_table)
+        try:
+            count = transfer.write_entries(store, transfer.parse_lines(lines),
+                                           _progress_printer("imported"))
+        except (OSError, UnicodeDecodeError, StoreError, transfer.TransferError) as error:
+            raise CommandError(f"import failed: {error}") from None
+        finally:
+            store.close()
     print(f"greylist: imported {count:,} entries into {store.description}", file=sys.stderr)
     return EX_OK
 

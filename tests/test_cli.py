@@ -136,6 +136,9 @@ def test_export_import_roundtrip(tmp_path):
     assert imported.returncode == 0 and "imported 3 entries" in imported.stderr
     again = run("export", "--db-dir", str(target))
     assert sorted(again.stdout.splitlines()) == sorted(exported.stdout.splitlines())
+    piped = subprocess.run([sys.executable, "-m", "greylist", "import", "--db-dir", str(tmp_path / "c")],
+                           input=exported.stdout, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert piped.returncode == 0 and "imported 3 entries" in piped.stderr
     dump.write_text('{"store": "nope"}\n')
     bad = run("import", "--db-dir", str(target), str(dump))
     assert bad.returncode == 1 and "line 1: not an entry of an export" in bad.stderr
