@@ -235,8 +235,7 @@ class GreylistFilter:
             if rule is not None:
                 verdict.action, verdict.reason = "whitelist", f"whitelisted:sender:{rule}"
                 return verdict
-            if whitelist.recipients or whitelist.recipient_domains \
-                    or whitelist.recipient_subdomains or whitelist.recipient_locals:
+            if whitelist.has_recipient_rules:
                 # Whitelisted recipients are left out; the others still decide.
                 rules = [whitelist.match_recipient(r) for r in recipients]
                 kept = [r for r, rule in zip(recipients, rules) if rule is None]

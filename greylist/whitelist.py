@@ -64,6 +64,11 @@ class Whitelist:
                     self.senders, self.sender_domains, self.sender_subdomains, self.recipients,
                     self.recipient_domains, self.recipient_subdomains, self.recipient_locals))
 
+    @property
+    def has_recipient_rules(self) -> bool:
+        return bool(self.recipients or self.recipient_domains or self.recipient_subdomains
+                    or self.recipient_locals)
+
     # --- building ----------------------------------------------------------------
 
     def add(self, kind: str, entry: str) -> None:
