@@ -169,18 +169,43 @@ def _memory() -> dict:
     return values
 
 
+def _children_peak() -> float:
+    """The largest peak RSS (VmHWM, MB) among this process's living children (a fold's copy)."""
+    peak = 0.0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return peak
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                pids = children.read().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+    return peak
+
+
 def worker(spec: dict) -> dict:
     started = time.perf_counter()
     do_filter, window = _load(spec["impl"], spec["config"], spec["purge"])
     sys.stderr = open(os.devnull, "w")  # the decision log lines cost a write each, as in Courier
-    peak_anon = [0.0]
+    peak_anon, peak_child = [0.0], [0.0]
     sampling = threading.Event()
 
     def sample() -> None:
-        # gdbm maps its file: those pages count in RSS but are the page cache's,
-        # shared and reclaimable; anonymous memory is what the process itself holds.
+        # Anonymous memory is what the process itself holds; VmHWM adds the
+        # file pages it maps (the reference maps its gdbm files whole).
         while not sampling.wait(0.02):
             peak_anon[0] = max(peak_anon[0], _memory().get("RssAnon", 0.0))
+            peak_child[0] = max(peak_child[0], _children_peak())
 
     threading.Thread(target=sample, daemon=True).start()
     opened = time.perf_counter() - started
@@ -224,6 +249,7 @@ def worker(spec: dict) -> dict:
     memory = _memory()
     result["rss_mb"] = memory.get("VmHWM", 0.0)
     result["anon_mb"] = max(peak_anon[0], memory.get("RssAnon", 0.0))
+    result["child_mb"] = peak_child[0]
     if window is not None and "start" in window:
         result["purge"] = window["end"] - window["start"]
         during = [lat for per in samples for t0, lat in per
@@ -330,6 +356,11 @@ def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
     return merged
 
 
+def _child(r: dict) -> str:
+    """Peak RSS of a child process (ours: a fold's copy), when there was one."""
+    return f"{r['child_mb']:.0f}" if r.get("child_mb") else "-"
+
+
 def _ms(value) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
@@ -421,7 +452,8 @@ def main() -> int:
                 paths = write_controls(controls, count, size)
                 print(f"\n{flavour}, {size:,} triplets (pre-written in {time.perf_counter() - t0:.1f} s)")
                 print(f"{'mode':<12} {'impl':<10} {'dec/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
-                      f"{'max ms':>8} {'1st ms':>9} {'purge s':>8} {'stall ms':>9} {'RSS MB':>7} {'anon':>7}")
+                      f"{'max ms':>8} {'1st ms':>9} {'purge s':>8} {'stall ms':>9} {'RSS MB':>7} {'anon':>7} "
+                      f"{'child':>6}")
                 for mode in modes:
                     rows = {}
                     for impl in ("reference", "ours"):
@@ -434,7 +466,8 @@ def main() -> int:
                         purge = f"{r['purge']:.2f}" if r.get("purge") is not None else "-"
                         print(f"{mode:<12} {impl:<10} {r['rate']:>9.0f} {ratio:>7} {_ms(r['p50']):>8} "
                               f"{_ms(r['p99']):>8} {_ms(r['max']):>8} {_ms(r['first']):>9} {purge:>8} "
-                              f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f}")
+                              f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f} "
+                              f"{_child(r):>6}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if pg_server is not None:
