@@ -173,11 +173,11 @@ class GreylistFilter:
         try:
             with self._turn:
                 verdict = self.check(control_paths, body_path)
+                if self.settings.log_decisions or verdict.action == "error":
+                    self.log(verdict.log_line())
         except Exception as error:  # the last net: nothing escapes into the dispatcher
             self.log(f"greylist: action=error, reason=internal, error={log_safe(repr(error))}")
             return self._store_failure_reply()
-        if self.settings.log_decisions or verdict.action == "error":
-            self.log(verdict.log_line())
         return verdict.reply
 
     def _store_failure_reply(self) -> str:
