@@ -75,7 +75,11 @@ _MAPPED = _HEADER.size + 8
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
 _FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
-_FOLD_IN_PROCESS = 4 << 20  # gdbm files smaller than this are folded without a child process
+# gdbm files smaller than this are folded without a child process.  A copy made
+# here holds the GIL in slices of 5 ms, each decision needing it a few times:
+# a 2 MB file (20,000 entries) copied here made decisions wait up to 16 ms
+# (measured); one of 256 KB is copied in a few milliseconds in all.
+_FOLD_IN_PROCESS = 256 << 10
 # The longest a fold's copying process may take to answer while the store lock
 # is held (adding the last changes, closing the file): past it, the fold is given up.
 _ANSWER_TIMEOUT = 60.0

@@ -32,11 +32,13 @@ _PROGRESS_EVERY = 16384
 class FoldCopy:
     """The new file being written: built from the old one, then brought up to date."""
 
-    def __init__(self, base: str, journal: str, temporary: str, older_than: Optional[float]) -> None:
+    def __init__(self, base: str, journal: str, temporary: str, older_than: Optional[float],
+                 unmapped: bool = False) -> None:
         import dbm.gnu
 
         self._gnu = dbm.gnu
         self.base, self.journal, self.temporary, self.older_than = base, journal, temporary, older_than
+        self.unmapped = unmapped
         self.target = None
 
     def _expired(self, raw: bytes) -> bool:
@@ -69,12 +71,15 @@ class FoldCopy:
         source = self._gnu.open(self.base, "ru")
         try:
             self.target = target = self._gnu.open(self.temporary, "nu", _FILE_MODE)
-            # Neither file mapped: a copy of a million entries then peaks at
-            # about 20 MB instead of 190 MB, and takes 6 s instead of 2 s, in
-            # the background (measured; the lock is not held meanwhile).  If
-            # the handles cannot be reached, the dispatcher has said so already.
-            unmap(source, self.base)
-            unmap(target, self.temporary)
+            if self.unmapped:
+                # Neither file mapped: a copy of a million entries then peaks at
+                # about 20 MB instead of 190 MB, and takes 6 s instead of 2 s, in
+                # the background (measured; the lock is not held meanwhile).  If
+                # the handles cannot be reached, the dispatcher has said so already.
+                # A small file copied in the dispatcher itself stays mapped: it
+                # costs little memory, and mapped it is copied 3 times faster.
+                unmap(source, self.base)
+                unmap(target, self.temporary)
             key = source.firstkey()
             while key is not None:
                 if key not in overlay:
@@ -151,7 +156,8 @@ def main(argv: list) -> int:
     def report(count: int) -> None:
         print(f"progress {count}", flush=True)
 
-    copy = FoldCopy(base, journal, temporary, None if older_than == "-" else float(older_than))
+    copy = FoldCopy(base, journal, temporary, None if older_than == "-" else float(older_than),
+                    unmapped=True)
     examined, dropped = copy.build(int(journal_end), report)
     print(f"built {examined} {dropped}", flush=True)
     for line in sys.stdin:
