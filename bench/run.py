@@ -356,6 +356,18 @@ def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
     return merged
 
 
+def _median_round(results: list) -> dict:
+    """Of several rounds of one measurement, the one of median rate (or a failure)."""
+    done = sorted((r for r in results if "failed" not in r), key=lambda r: r["rate"])
+    return done[len(done) // 2] if done else results[0]
+
+
+def _spread(results: list) -> str:
+    """The rates of all rounds, when there were several."""
+    rates = [f"{r['rate']:.0f}" for r in results if "failed" not in r]
+    return f"  (rounds: {', '.join(rates)})" if len(results) > 1 else ""
+
+
 def _child(r: dict) -> str:
     """Peak RSS of a child process (ours: a fold's copy), when there was one."""
     return f"{r['child_mb']:.0f}" if r.get("child_mb") else "-"
@@ -383,6 +395,8 @@ def main() -> int:
     parser.add_argument("--flavours", help="comma-separated dbm flavours (default: all this Python has)")
     parser.add_argument("--modes", help="comma-separated modes (default: all)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time box of each measurement")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every measurement; rows show the median round")
     parser.add_argument("--cap", type=float, default=40.0, help="give up a run after this many seconds")
     args = parser.parse_args()
     if args.prewrite:
@@ -454,10 +468,18 @@ def main() -> int:
                 print(f"{'mode':<12} {'impl':<10} {'dec/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
                       f"{'max ms':>8} {'1st ms':>9} {'purge s':>8} {'stall ms':>9} {'RSS MB':>7} {'anon':>7} "
                       f"{'child':>6}")
+                # With --repeat, every mode is measured once per round, rounds one
+                # after the other, and each row is the round of median rate: this
+                # machine's speed drifts over minutes, and a mode measured minutes
+                # after another is not comparable with it.
+                rounds: dict = {}
+                for _ in range(args.repeat):
+                    for mode in modes:
+                        for impl in ("reference", "ours"):
+                            rounds.setdefault((mode, impl), []).append(
+                                measure(impl, template, work, paths, mode, seconds, cap))
                 for mode in modes:
-                    rows = {}
-                    for impl in ("reference", "ours"):
-                        rows[impl] = measure(impl, template, work, paths, mode, seconds, cap)
+                    rows = {impl: _median_round(rounds[(mode, impl)]) for impl in ("reference", "ours")}
                     for impl, r in rows.items():
                         if "failed" in r:
                             print(f"{mode:<12} {impl:<10} {r['failed']}")
@@ -467,7 +489,7 @@ def main() -> int:
                         print(f"{mode:<12} {impl:<10} {r['rate']:>9.0f} {ratio:>7} {_ms(r['p50']):>8} "
                               f"{_ms(r['p99']):>8} {_ms(r['max']):>8} {_ms(r['first']):>9} {purge:>8} "
                               f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f} "
-                              f"{_child(r):>6}")
+                              f"{_child(r):>6}{_spread(rounds[(mode, impl)])}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if pg_server is not None:
