@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from helpers import have_gdbm, replay_total, write_control
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
@@ -393,20 +393,34 @@ def test_a_busy_journal_is_folded_before_the_purge_is_due(tmp_path, monkeypatch)
                                           st.one_of(st.none(), st.binary(max_size=20))),
                                 min_size=1, max_size=5), min_size=1, max_size=6),
        cut=st.integers(min_value=0), garbage=st.binary(max_size=16))
+@example(blocks=[[(b"\x00", None)]], cut=14, garbage=b"")  # zeros complete the cut block
 def test_journal_keeps_every_whole_block_and_nothing_torn(blocks, cut, garbage):
-    """Cut the journal anywhere, add any bytes: exactly the whole blocks before the cut count."""
+    """Cut the journal anywhere, add any bytes: exactly the whole blocks before the cut count.
+
+    "Whole" byte for byte: when the bytes after the cut happen to complete
+    the block that was cut (hypothesis found one: a block ending in a zero
+    byte, cut before it, followed by zeros), that block is the one that was
+    written, and it counts.  Nothing else may.
+    """
     from greylist.stores.dbm import _decode_blocks, _encode_block
 
     encoded = [_encode_block(changes) for changes in blocks]
     data = b"".join(encoded)
     cut %= len(data) + 1
+    journal = data[:cut] + garbage + b"\x00" * 8  # a torn write, then zeros
     expected: dict = {}
     offset = 0
     for changes, block in zip(blocks, encoded):
-        if offset + len(block) > cut:
+        if journal[offset:offset + len(block)] != block:
             break
         expected.update(changes)
         offset += len(block)
     found: dict = {}
-    used = _decode_blocks(data[:cut] + garbage + b"\x00" * 8, found)  # a torn write, zeros
+    used = _decode_blocks(journal, found)
     assert used == offset and found == expected
+    whole_before_cut = 0
+    for block in encoded:
+        if whole_before_cut + len(block) > cut:
+            break
+        whole_before_cut += len(block)
+    assert offset >= whole_before_cut  # every block written whole counts
