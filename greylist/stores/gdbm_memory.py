@@ -40,6 +40,8 @@ GDBM_GETCACHESIZE = 10
 CACHE_BUCKETS = 128
 
 _POINTER = ctypes.sizeof(ctypes.c_void_p)
+# What a handle that does not prove itself, or a library that is not there, raises.
+_FAILURES = (OSError, ValueError, OverflowError, AttributeError)
 _library: Optional[ctypes.PyDLL] = None
 
 
@@ -76,7 +78,8 @@ def _read(memory, address: int, size: int) -> bytes:
 def _handle(db, path: str) -> int:
     """The GDBM_FILE inside a dbm.gnu object, proven to be the one for ``path``."""
     kind = type(db)
-    if sys.implementation.name != "cpython" or kind.__basicsize__ != 4 * _POINTER or kind.__itemsize__:
+    if (sys.implementation.name != "cpython" or kind.__module__ != "_gdbm"
+            or kind.__basicsize__ != 4 * _POINTER or kind.__itemsize__):
         raise OSError(f"unknown layout of {kind.__module__}.{kind.__name__}")
     slot = id(db) + kind.__basicsize__ - _POINTER
     with open("/proc/self/mem", "rb", buffering=0) as memory:
@@ -108,7 +111,7 @@ def unmap(db, path: str) -> Optional[str]:
         if mapped.value != 0:
             raise OSError("gdbm kept its memory mapping")
         _setopt(handle, GDBM_SETCACHESIZE, ctypes.c_size_t(CACHE_BUCKETS))
-    except (OSError, ValueError, OverflowError, AttributeError) as error:
+    except _FAILURES as error:
         return f"gdbm file {path} stays memory-mapped ({error})"
     return None
 
@@ -119,7 +122,7 @@ def is_mapped(db, path: str) -> Optional[bool]:
         mapped = ctypes.c_int(-1)
         if _setopt(_handle(db, path), GDBM_GETMMAP, mapped) != 0:
             return None
-    except OSError:
+    except _FAILURES:
         return None
     return bool(mapped.value)
 
@@ -130,6 +133,6 @@ def cache_buckets(db, path: str) -> Optional[int]:
         size = ctypes.c_size_t(0)
         if _setopt(_handle(db, path), GDBM_GETCACHESIZE, size) != 0:
             return None
-    except OSError:
+    except _FAILURES:
         return None
     return size.value
