@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Callable, Optional, Sequence
 
 from . import policy
 from .envelope import EnvelopeError, read_envelope, read_header_block
+from .maillog import stderr_line
 from .relay import SmtpAccess, SmtpAccessError
 from .relay import default_path as relay_default_path
 from .senders import normalize_sender
@@ -45,15 +45,6 @@ INTERNAL_FAILURE_REPLY = "451 Internal failure locating control files"
 STORE_FAILURE_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
 
 _TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE}
-
-
-def stderr_line(line: str) -> None:
-    """Write one line to stderr, which Courier sends to the mail log."""
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def log_safe(value: object, limit: int = 200) -> str:

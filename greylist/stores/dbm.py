@@ -51,6 +51,7 @@ import time
 import zlib
 from typing import Callable, Iterator, Optional, Tuple
 
+from ..maillog import stderr_line
 from . import (
     AUTO_WHITELIST_TABLE,
     TABLES,
@@ -113,11 +114,7 @@ def _open_unmapped(gnu, path: str, mode: str):
     refusal = unmap(db, path)
     if refusal is not None and not _told_mapped:
         _told_mapped = True  # once a process: the cause does not go away
-        try:
-            sys.stderr.write(f"greylist: {refusal}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        stderr_line(f"greylist: {refusal}")
     return db
 
 
