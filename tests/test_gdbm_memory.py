@@ -45,3 +45,25 @@ def test_a_handle_that_does_not_prove_itself_is_left_alone(tmp_path):
     closed = dbm.gnu.open(path, "r")
     closed.close()
     assert "closed" in unmap(closed, path)
+
+
+def test_a_store_whose_handles_cannot_be_proven_says_so_once_and_works(tmp_path, monkeypatch, capsys):
+    import greylist.stores.dbm as dbm_store
+    import greylist.stores.gdbm_memory as gdbm_memory
+
+    def refuse(db, path):
+        raise OSError("unknown layout of _gdbm.gdbm")
+
+    monkeypatch.setattr(gdbm_memory, "_handle", refuse)
+    monkeypatch.setattr(dbm_store, "_told_mapped", False)
+    store = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    with store.transaction() as t:
+        t.set(PASSED_TABLE, "k", 1_000)
+    store.purge(PASSED_TABLE, older_than=500)  # reopens the files: still one line
+    with store.transaction() as t:
+        assert t.get(PASSED_TABLE, "k") == 1_000
+    store.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("greylist: gdbm file ") and "stays memory-mapped (unknown layout" in lines[0]
+    assert str(tmp_path) in lines[0]
