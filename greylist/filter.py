@@ -293,6 +293,9 @@ class GreylistFilter:
                          now: float) -> Optional[policy.Decision]:
         """Read, decide, write back, in one transaction; None means auto-whitelisted."""
         decision: Optional[policy.Decision] = None
+        unique = list(dict.fromkeys(keys))
+        self.store.prefetch([(table, key) for key in unique for table in (NOT_PASSED_TABLE, PASSED_TABLE)]
+                            + ([(AUTO_WHITELIST_TABLE, client_key)] if client_key else []))
         with self.store.transaction() as tx:
             tx.lock_and_load(keys, (client_key,) if client_key else ())
             record = None
@@ -309,7 +312,7 @@ class GreylistFilter:
                     not_passed=tx.get(NOT_PASSED_TABLE, key),
                     passed=tx.get(PASSED_TABLE, key),
                 )
-                for key in dict.fromkeys(keys)
+                for key in unique
             }
             decision = policy.decide(keys, stored, now, self.timing)
             for write in decision.writes:

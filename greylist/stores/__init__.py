@@ -125,6 +125,12 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractContextManager:
         """A context manager yielding a Transaction, exclusive across processes."""
 
+    def prefetch(self, table_keys: Sequence[Tuple[str, str]]) -> None:  # noqa: B027
+        """Before a transaction: look up what can be looked up without the lock.
+
+        Only a hint; the transaction's reads return the same either way.
+        """
+
     @abc.abstractmethod
     def purge(
         self,

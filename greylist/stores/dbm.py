@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from ..maillog import stderr_line
 from . import (
@@ -270,6 +270,9 @@ class _Table:
         """A writer died while holding the lock: drop whatever is cached, check what was written."""
         self.refresh()
 
+    def prefetch(self, keys: Sequence[bytes]) -> None:
+        """Without the lock: read what a later get will want, if that is safe here."""
+
     def get(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
 
@@ -391,6 +394,13 @@ class _GdbmTable(_Table):
         self._changes: list = []
         self._journal_end = 0  # bytes of the journal read into the overlay
         self._identity: Optional[Tuple[int, int]] = None
+        # The open gdbm handle and a number that changes whenever it is
+        # replaced, in one attribute so that a reader outside the lock never
+        # pairs a handle with another one's number; and what prefetch read
+        # from the handle of that number.
+        self._opened = 0
+        self._file: tuple = (None, 0)
+        self._prefetched: Tuple[int, dict] = (-1, {})
         self._open()
 
     # files
@@ -416,6 +426,8 @@ class _GdbmTable(_Table):
         if self._anchor >= 0:
             self.retired.append(self._anchor)
         self._db, self._anchor, self._identity = db, anchor, (info.st_dev, info.st_ino)
+        self._opened += 1
+        self._file = (db, self._opened)
         if self._journal < 0:
             flags = os.O_CLOEXEC | os.O_NOFOLLOW
             flags |= os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT | os.O_APPEND
@@ -459,11 +471,36 @@ class _GdbmTable(_Table):
 
     # reads and writes
 
+    def prefetch(self, keys: Sequence[bytes]) -> None:
+        """Look keys up in the gdbm file without the lock: it is never written in place.
+
+        A handle reads one file, and a file is only ever replaced whole (by a
+        fold's rename), so what it answers now it answers under the lock
+        too, for as long as the table keeps that handle; the journal's
+        overlay, read under the lock, still goes first.  At a million
+        triplets a lookup reads from the file (about 5 us), so this takes
+        the lookups out of the time the lock is held, which a second
+        process on the store waits for.
+        """
+        db, opened = self._file
+        if db is None:
+            return
+        try:
+            found = {key: db.get(key) for key in keys}
+        except self._gnu.error:
+            return  # replaced and closed meanwhile: the transaction reads the new one
+        self._prefetched = (opened, found)
+
     def get(self, key: bytes) -> Optional[bytes]:
         value = self._overlay.get(key, _MISSING)
-        if value is _MISSING:
-            return self._db.get(key)
-        return value
+        if value is not _MISSING:
+            return value
+        opened, found = self._prefetched
+        if opened == self._opened:
+            value = found.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+        return self._db.get(key)
 
     def set(self, key: bytes, value: bytes) -> None:
         self._overlay[key] = value
@@ -596,6 +633,7 @@ class _GdbmTable(_Table):
             os.close(self.retired.pop())
 
     def close(self) -> None:
+        self._file = (None, 0)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -1210,6 +1248,15 @@ class DbmStore(Store):
 
     def transaction(self) -> _DbmTransaction:
         return _DbmTransaction(self)
+
+    def prefetch(self, table_keys: Sequence[Tuple[str, str]]) -> None:
+        by_table: dict = {}
+        for table, key in table_keys:
+            by_table.setdefault(table, []).append(key.encode("latin-1"))
+        for table, keys in by_table.items():
+            opened = self._tables.get(table)
+            if opened is not None:
+                opened.prefetch(keys)
 
     def claim_purge(self, now: float, interval: float) -> bool:
         if self.readonly:
