@@ -454,3 +454,47 @@ def test_gdbm_prefetch_outside_the_lock_never_answers_for_a_replaced_file(tmp_pa
         assert t.get(PASSED_TABLE, "k") == 2_000
     writer.close()
     reader.close()
+
+
+@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+def test_a_fold_that_was_not_counted_is_still_seen(tmp_path, monkeypatch):
+    """An older version of this package replaces gdbm files without counting the fold in the lock."""
+    writer = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    reader = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    with writer.transaction() as t:
+        t.set(PASSED_TABLE, "a", 1_000)
+    with reader.transaction() as t:
+        assert t.get(PASSED_TABLE, "a") == 1_000
+    monkeypatch.setattr(writer, "count_fold", lambda: None)
+    writer.purge(PASSED_TABLE, older_than=500)  # "a" moves into a new file; the journal is emptied
+    for i in range(5):  # and grows past where the reader had read it
+        with writer.transaction() as t:
+            t.set(PASSED_TABLE, f"b{i}", 1_000 + i)
+    expected = {"a": 1_000, **{f"b{i}": 1_000 + i for i in range(5)}}
+    # A fold of the reader's own checks every file first: nothing is lost.
+    reader.purge(PASSED_TABLE, older_than=500)
+    with reader.transaction() as t:
+        assert {key: t.get(PASSED_TABLE, key) for key in expected} == expected
+    with writer.transaction() as t:
+        t.set(PASSED_TABLE, "c", 3_000)
+    with reader.transaction() as t:  # the reader is up to date, its fold count too
+        assert t.get(PASSED_TABLE, "c") == 3_000
+    # A decision trusts the fold count and reads only the journal; the journal,
+    # emptied by an uncounted fold and refilled, does not read as whole blocks
+    # from where the reader had stopped, so the reader checks the files, and
+    # cuts nothing of what others appended.
+    writer2 = DbmStore(str(tmp_path), flavour="dbm.gnu")
+    monkeypatch.setattr(writer2, "count_fold", lambda: None)
+    writer2.purge(PASSED_TABLE, older_than=500)
+    for i in range(8):
+        with writer2.transaction() as t:
+            t.set(PASSED_TABLE, f"d{i}", 4_000 + i)
+    with reader.transaction() as t:
+        assert t.get(PASSED_TABLE, "c") == 3_000
+        assert [t.get(PASSED_TABLE, f"d{i}") for i in range(8)] == [4_000 + i for i in range(8)]
+    with writer2.transaction() as t:
+        assert [t.get(PASSED_TABLE, f"d{i}") for i in range(8)] == [4_000 + i for i in range(8)]
+    for store in (writer, writer2, reader):
+        store.close()
+    everything = set(expected) | {"c"} | {f"d{i}" for i in range(8)}
+    assert everything <= set(stdlib_contents(str(tmp_path), PASSED_TABLE))

@@ -72,7 +72,15 @@ _HEADER = struct.Struct("<Qd")  # generation, time of the last purge
 # A byte after the header: set while a writer applies its changes.  Found set
 # by the next holder, it means a writer died in the middle of a write.
 _DIRTY_OFFSET = _HEADER.size
+# Then a count of gdbm files replaced by folds (bytes that older versions of
+# this package leave at zero): a process that sees it unchanged knows no file
+# was replaced and skips a stat per file when it catches up.
+_FOLDS = struct.Struct("<I")
+_FOLDS_OFFSET = _DIRTY_OFFSET + 4
 _MAPPED = _HEADER.size + 8
+# How long a process trusts the fold count alone: a writer of an older version
+# replaces files without counting, and is then seen within this time.
+_FULL_REFRESH_EVERY = 1.0
 _FILE_MODE = 0o600
 _BATCH = 256  # keys a purge examines per hold of the lock (well under a millisecond)
 _FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
@@ -225,6 +233,15 @@ class StoreLock:
         if header is not None and not self.readonly:
             _HEADER.pack_into(header, 0, generation, last_purge)
 
+    def read_folds(self) -> int:
+        header = self._header or self._map_header()
+        return 0 if header is None else _FOLDS.unpack_from(header, _FOLDS_OFFSET)[0]
+
+    def count_fold(self) -> None:
+        header = self._header or self._map_header()
+        if header is not None and not self.readonly:
+            _FOLDS.pack_into(header, _FOLDS_OFFSET, (self.read_folds() + 1) & 0xFFFFFFFF)
+
     @property
     def dirty(self) -> bool:
         header = self._header or self._map_header()
@@ -263,8 +280,12 @@ class _Table:
     def end(self) -> None:
         """A transaction ends."""
 
-    def refresh(self) -> None:
-        """Another process wrote: drop whatever is cached."""
+    def refresh(self, files_may_be_replaced: bool = True) -> None:
+        """Another process wrote: drop whatever is cached.
+
+        ``files_may_be_replaced`` False: the lock's fold count says no file
+        was replaced since the last look (a hint a table may use).
+        """
 
     def recover(self) -> None:
         """A writer died while holding the lock: drop whatever is cached, check what was written."""
@@ -438,23 +459,37 @@ class _GdbmTable(_Table):
         self._overlay, self._journal_end = {}, 0
         self._read_journal()
 
-    def _read_journal(self) -> None:
-        """Read what was appended to the journal since we last looked."""
+    def _read_journal(self, cut_torn: bool = True) -> bool:
+        """Read what was appended to the journal since we last looked.
+
+        Returns False when what follows is not whole blocks and was left
+        alone (``cut_torn`` False): a torn block, or a journal that a fold
+        emptied and others refilled, read from the wrong place.
+        """
         if self._journal < 0:
-            return
+            return True
         size = os.fstat(self._journal).st_size
         if size <= self._journal_end:
             if size < self._journal_end:  # folded by another process: start again
                 self._open()
-            return
+            return True
         data = os.pread(self._journal, size - self._journal_end, self._journal_end)
         used = _decode_blocks(data, self._overlay)
         self._journal_end += used
-        if used < len(data) and not self.readonly:
-            # A block torn by a writer that died: never acknowledged, so cut it.
-            os.ftruncate(self._journal, self._journal_end)
+        if used < len(data):
+            if not cut_torn:
+                return False
+            if not self.readonly:
+                # A block torn by a writer that died: never acknowledged, so cut it.
+                os.ftruncate(self._journal, self._journal_end)
+        return True
 
-    def refresh(self) -> None:
+    def refresh(self, files_may_be_replaced: bool = True) -> None:
+        # Trusting the fold count, only the journal is read; what does not read
+        # as whole blocks is never cut before the file is checked (it may be
+        # a fold that was not counted, and the journal a new one).
+        if not files_may_be_replaced and self._read_journal(cut_torn=False):
+            return
         try:
             info = os.stat(self.base)
             current = (info.st_dev, info.st_ino)
@@ -613,6 +648,7 @@ class _GdbmTable(_Table):
                 copier.finish()
                 store.note_write()  # marks the store: a kill from here on is repaired
                 os.rename(temporary, self.base)
+                store.count_fold()
                 _fsync(os.path.dirname(self.base) or ".")
                 os.ftruncate(self._journal, 0)
                 self._open()
@@ -879,7 +915,7 @@ class _DumbTable(_Table):
         if size > self._dir_offset and not self.readonly:
             os.ftruncate(self._dir, self._dir_offset)
 
-    def refresh(self) -> None:
+    def refresh(self, files_may_be_replaced: bool = True) -> None:
         info = os.stat(self.dir_path)
         if (info.st_dev, info.st_ino) != self._dir_identity or info.st_size < self._dir_offset:
             self._load_index()
@@ -1150,6 +1186,11 @@ class DbmStore(Store):
         if auto_whitelist or dbm.whichdb(os.path.join(directory, AUTO_WHITELIST_TABLE)):
             self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
         self._generation = -1
+        # The lock's fold count and generation when every file was last
+        # checked for replacement, and when to check again regardless.
+        self._folds = -1
+        self._files_checked = -1
+        self._next_full_refresh = 0.0
         self._wrote = False
         self.fold_on_close = True
         try:
@@ -1192,14 +1233,23 @@ class DbmStore(Store):
             return _DumbTable(base, self.readonly)
         return _GenericTable(base, self.readonly, flavour)
 
-    def _enter(self) -> None:
-        """Take the lock and make every table current (another process may have written)."""
+    def _enter(self, check_files: bool = False) -> None:
+        """Take the lock and make every table current (another process may have written).
+
+        ``check_files``: look whether each file was replaced even if the fold
+        count says not (a fold must never work from a replaced file).
+        """
         self._lock.acquire()
         try:
             generation = self._lock.read_header()[0]
-            if generation != self._generation:
+            if generation != self._generation or (check_files and self._files_checked != generation):
+                folds, now = self._lock.read_folds(), time.monotonic()
+                full = check_files or folds != self._folds or now >= self._next_full_refresh
                 for table in self._tables.values():
-                    table.refresh()
+                    table.refresh(full)
+                if full:
+                    self._folds, self._files_checked = folds, generation
+                    self._next_full_refresh = now + _FULL_REFRESH_EVERY
                 self._generation = generation
             if self._lock.dirty and not self.readonly:
                 self._recover()
@@ -1231,11 +1281,15 @@ class DbmStore(Store):
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the lock with every table current (for purges and compactions)."""
-        self._enter()
+        self._enter(check_files=True)
         try:
             yield
         finally:
             self._exit()
+
+    def count_fold(self) -> None:
+        """A file was replaced (under the lock): other processes must stat theirs."""
+        self._lock.count_fold()
 
     def note_write(self) -> None:
         """Called before the first write of a lock hold: tell other processes."""
