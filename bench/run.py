@@ -11,7 +11,7 @@ store size and flavour it measures, for both modules:
   it), how long the purge takes, the longest wait of a decision made while
   the purge runs, and the peak RSS of the process.
 
-    python bench/run.py            # the full run, a few minutes
+    python bench/run.py            # the full run, about twenty minutes on 2 cores
     python bench/run.py --quick    # tiny sizes, seconds (the test suite runs this)
 
 Run it with an interpreter that has dbm.gnu (Debian: /usr/bin/python3 with
