@@ -294,9 +294,12 @@ class GreylistFilter:
         """Read, decide, write back, in one transaction; None means auto-whitelisted."""
         decision: Optional[policy.Decision] = None
         unique = list(dict.fromkeys(keys))
-        self.store.prefetch([(table, key) for key in unique for table in (NOT_PASSED_TABLE, PASSED_TABLE)]
-                            + ([(AUTO_WHITELIST_TABLE, client_key)] if client_key else []))
-        with self.store.transaction() as tx:
+        store = self.store
+        store.prefetch(NOT_PASSED_TABLE, unique)
+        store.prefetch(PASSED_TABLE, unique)
+        if client_key is not None:
+            store.prefetch(AUTO_WHITELIST_TABLE, (client_key,))
+        with store.transaction() as tx:
             tx.lock_and_load(keys, (client_key,) if client_key else ())
             record = None
             if client_key is not None:

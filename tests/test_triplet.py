@@ -2,6 +2,8 @@ import hashlib
 import ipaddress
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from greylist.triplet import InvalidClientAddress, client_network, parse_client_ip, triplet_key
 
@@ -25,6 +27,44 @@ def test_parse_client_ip(text, expected):
 def test_parse_client_ip_refuses_garbage(text):
     with pytest.raises(InvalidClientAddress):
         parse_client_ip(text)
+
+
+def _ipaddress_answer(text):
+    """What ipaddress alone makes of a client address: the reference's parser."""
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        address = ipaddress.ip_address(candidate.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+_OCTETS = st.sampled_from(["0", "00", "01", "010", "1", "9", "10", "99", "100", "199", "249", "250",
+                           "255", "256", "300", "999", "0255", "", " 1", "1 ", "+1", "-1", "\u0663",
+                           "1\x00", "0x1"])
+
+
+@given(st.one_of(st.lists(_OCTETS, min_size=1, max_size=6).map(".".join),
+                 st.text(alphabet="0123456789.:abcdefx% []\x00", max_size=20)))
+@example("01.2.3.4")
+@example("1.2.3.04")
+@example("1.2.3")
+@example("\u0661.2.3.4")
+def test_parse_client_ip_accepts_exactly_what_ipaddress_accepts(text):
+    # The IPv4 fast path (inet_pton) must neither accept more nor answer
+    # differently: an address it let through that ipaddress refuses would be
+    # greylisted instead of accepted as bad-client-ip.
+    expected = _ipaddress_answer(text)
+    try:
+        got = parse_client_ip.__wrapped__(text)
+    except InvalidClientAddress:
+        got = None
+    assert got == expected
+    assert got is None or type(got) is type(expected)
 
 
 def test_network_matches_reference_text():

@@ -8,6 +8,7 @@ which excludes every other thread and process using the same store.
 from __future__ import annotations
 
 import abc
+import math
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
 
@@ -50,9 +51,7 @@ def parse_timestamp(raw: Optional[bytes]) -> Optional[float]:
             value = float(raw.split()[0])
         except (TypeError, ValueError, IndexError, AttributeError):
             return None
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    return value
+    return value if math.isfinite(value) else None
 
 
 def format_timestamp(timestamp: int) -> bytes:
@@ -125,8 +124,8 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractContextManager:
         """A context manager yielding a Transaction, exclusive across processes."""
 
-    def prefetch(self, table_keys: Sequence[Tuple[str, str]]) -> None:  # noqa: B027
-        """Before a transaction: look up what can be looked up without the lock.
+    def prefetch(self, table: str, keys: Sequence[str]) -> None:  # noqa: B027
+        """Before a transaction: look up in ``table`` what can be looked up without the lock.
 
         Only a hint; the transaction's reads return the same either way.
         """

@@ -77,6 +77,8 @@ _DIRTY_OFFSET = _HEADER.size
 # was replaced and skips a stat per file when it catches up.
 _FOLDS = struct.Struct("<I")
 _FOLDS_OFFSET = _DIRTY_OFFSET + 4
+# What every transaction reads first, in one go: the generation and the dirty byte.
+_STATE = struct.Struct("<Q8xB")
 _MAPPED = _HEADER.size + 8
 # How long a process trusts the fold count alone: a writer of an older version
 # replaces files without counting, and is then seen within this time.
@@ -177,7 +179,8 @@ class StoreLock:
 
     def acquire(self) -> None:
         """Take the lock: first among this process's threads, then among processes."""
-        if self._owner == threading.get_ident():
+        me = threading.get_ident()
+        if self._owner == me:
             # Waiting here would wait for ourselves forever.
             raise StoreError(f"{self.path}: this thread already holds the store lock")
         if not self._thread_lock.acquire(blocking=False):
@@ -192,7 +195,7 @@ class StoreLock:
         except BaseException:
             self._thread_lock.release()
             raise
-        self._owner = threading.get_ident()
+        self._owner = me
 
     def release(self) -> None:
         self._owner = None
@@ -221,6 +224,14 @@ class StoreLock:
             access = mmap.ACCESS_READ if self.readonly else mmap.ACCESS_WRITE
             self._header = mmap.mmap(self._fd, _MAPPED, access=access)
         return self._header
+
+    def read_state(self) -> Tuple[int, bool]:
+        """The generation and the dirty flag (a writer died mid-write), read together."""
+        header = self._header or self._map_header()
+        if header is None:
+            return 0, False
+        generation, dirty = _STATE.unpack_from(header, 0)
+        return generation, dirty == 1
 
     def read_header(self) -> Tuple[int, float]:
         header = self._header or self._map_header()
@@ -1192,6 +1203,11 @@ class DbmStore(Store):
         self._files_checked = -1
         self._next_full_refresh = 0.0
         self._wrote = False
+        # Tables that open their file for each hold of the lock (other dbm flavours).
+        self._opened_per_hold: list = []
+        # Set when a hold may have replaced an open gdbm file: its old
+        # descriptor is then closed after the lock is let go.
+        self._files_replaced = False
         self.fold_on_close = True
         try:
             # A large dbm.dumb index is read before taking the lock, so that a
@@ -1213,6 +1229,8 @@ class DbmStore(Store):
         except StoreOpenError:
             self.close()
             raise
+        self._opened_per_hold = [table for table in self._tables.values()
+                                 if isinstance(table, _GenericTable)]
         flavours = sorted({table.flavour for table in self._tables.values()})
         self.description = f"{'/'.join(flavours)} in {directory}"
 
@@ -1239,11 +1257,13 @@ class DbmStore(Store):
         ``check_files``: look whether each file was replaced even if the fold
         count says not (a fold must never work from a replaced file).
         """
-        self._lock.acquire()
+        lock = self._lock
+        lock.acquire()
         try:
-            generation = self._lock.read_header()[0]
+            generation, dirty = lock.read_state()
             if generation != self._generation or (check_files and self._files_checked != generation):
-                folds, now = self._lock.read_folds(), time.monotonic()
+                self._files_replaced = True
+                folds, now = lock.read_folds(), time.monotonic()
                 full = check_files or folds != self._folds or now >= self._next_full_refresh
                 for table in self._tables.values():
                     table.refresh(full)
@@ -1251,26 +1271,34 @@ class DbmStore(Store):
                     self._folds, self._files_checked = folds, generation
                     self._next_full_refresh = now + _FULL_REFRESH_EVERY
                 self._generation = generation
-            if self._lock.dirty and not self.readonly:
+            if dirty and not self.readonly:
+                self._files_replaced = True
                 self._recover()
             self._wrote = False
-            for table in self._tables.values():
+            for table in self._opened_per_hold:
                 table.begin()
         except BaseException:
-            self._lock.release()
+            lock.release()
             raise
 
     def _exit(self) -> None:
+        # This runs for every message: only a hold that wrote has changes to
+        # flush (every write goes through note_write first).
         try:
-            for table in self._tables.values():
-                table.end()
             if self._wrote:
+                for table in self._tables.values():
+                    table.end()
                 self._lock.dirty = False  # every change of this hold is in the files
+            else:
+                for table in self._opened_per_hold:
+                    table.end()
         finally:
             self._lock.release()
-        for table in self._tables.values():
-            if getattr(table, "retired", None):
-                table.close_retired()
+        if self._files_replaced:
+            self._files_replaced = False
+            for table in self._tables.values():
+                if getattr(table, "retired", None):
+                    table.close_retired()
 
     def _recover(self) -> None:
         """A writer died while applying its changes: read every table afresh."""
@@ -1282,6 +1310,7 @@ class DbmStore(Store):
     def locked(self) -> Iterator[None]:
         """Hold the lock with every table current (for purges and compactions)."""
         self._enter(check_files=True)
+        self._files_replaced = True  # a fold replaces files under this hold
         try:
             yield
         finally:
@@ -1303,14 +1332,10 @@ class DbmStore(Store):
     def transaction(self) -> _DbmTransaction:
         return _DbmTransaction(self)
 
-    def prefetch(self, table_keys: Sequence[Tuple[str, str]]) -> None:
-        by_table: dict = {}
-        for table, key in table_keys:
-            by_table.setdefault(table, []).append(key.encode("latin-1"))
-        for table, keys in by_table.items():
-            opened = self._tables.get(table)
-            if opened is not None:
-                opened.prefetch(keys)
+    def prefetch(self, table: str, keys: Sequence[str]) -> None:
+        opened = self._tables.get(table)
+        if opened is not None:
+            opened.prefetch([key.encode("latin-1") for key in keys])
 
     def claim_purge(self, now: float, interval: float) -> bool:
         if self.readonly:
