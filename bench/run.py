@@ -215,16 +215,24 @@ def worker(spec: dict) -> dict:
     samples = [[] for _ in range(threads)]  # (start, latency)
     first = {}
 
+    def purging() -> bool:
+        return window is not None and "start" in window and "end" not in window
+
     def run(n: int) -> None:
+        # Past the time box, mail keeps coming while our background purge
+        # runs (up to the cap): its last steps, under the lock, come at its
+        # end, and a decision waiting for them must be seen.
         mine = paths[n::threads]
-        for index, path in enumerate(mine):
+        index = 0
+        while True:
             t0 = time.perf_counter()
-            do_filter("", [path])
+            do_filter("", [mine[index % len(mine)]])
             t1 = time.perf_counter()
             if n == 0 and index == 0:
                 first["latency"] = t1 - t0
             samples[n].append((t0, t1 - t0))
-            if t1 > deadline:
+            index += 1
+            if t1 > deadline and not purging() or (index >= len(mine) and not spec["purge"]):
                 break
 
     start = time.perf_counter()
@@ -235,7 +243,7 @@ def worker(spec: dict) -> dict:
         w.join()
     elapsed = time.perf_counter() - start
     # Let our background purge finish, to report its duration.
-    while window is not None and "start" in window and "end" not in window:
+    while purging():
         time.sleep(0.01)
     latencies = sorted(lat for per in samples for _, lat in per)
     result = {
@@ -377,13 +385,42 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
 
 
-def _ratio(ours: dict, ref: dict) -> str:
+def _rate_ratio(ours: dict, ref: dict):
     # A reference run that made a handful of decisions in its time box (its purge
     # took the time) gives no meaningful rate to compare with.
-    if not ours.get("rate") or not ref.get("rate") or ref.get("decisions", 0) < 5:
-        return "-"
-    ours, ref = ours["rate"], ref["rate"]
-    return f"{ours / ref:.1f}x"
+    if "failed" in ours or "failed" in ref or not ours.get("rate") or not ref.get("rate") \
+            or ref.get("decisions", 0) < 5:
+        return None
+    return ours["rate"] / ref["rate"]
+
+
+def _paired(these: list, those: list) -> list:
+    """The ratio of rates round by round: each pair was measured seconds apart."""
+    ratios = (_rate_ratio(a, b) for a, b in zip(these, those))
+    return [r for r in ratios if r is not None]
+
+
+def _median(values: list):
+    if not values:
+        return None
+    ordered, middle = sorted(values), len(values) // 2
+    return ordered[middle] if len(values) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _round_order(modes: list, round_index: int) -> list:
+    """(mode, impl) in the order one round measures them.
+
+    This machine's speed drifts by up to half within seconds to minutes, so
+    what is compared is measured side by side: the reference next to ours,
+    and our modes next to each other; every other round runs backwards, so
+    that a steady drift favours neither side.
+    """
+    throughput = [m for m in modes if m != "purge"]
+    order = [("1 thread", impl) for impl in ("reference", "ours") if "1 thread" in throughput]
+    order += [(m, "ours") for m in throughput if m != "1 thread"]
+    order += [(m, "reference") for m in throughput if m != "1 thread"]
+    order += [("purge", impl) for impl in ("reference", "ours") if "purge" in modes]
+    return order if round_index % 2 == 0 else order[::-1]
 
 
 def main() -> int:
@@ -473,23 +510,32 @@ def main() -> int:
                 # machine's speed drifts over minutes, and a mode measured minutes
                 # after another is not comparable with it.
                 rounds: dict = {}
-                for _ in range(args.repeat):
-                    for mode in modes:
-                        for impl in ("reference", "ours"):
-                            rounds.setdefault((mode, impl), []).append(
-                                measure(impl, template, work, paths, mode, seconds, cap))
+                for round_index in range(args.repeat):
+                    for mode, impl in _round_order(modes, round_index):
+                        rounds.setdefault((mode, impl), []).append(
+                            measure(impl, template, work, paths, mode, seconds, cap))
                 for mode in modes:
                     rows = {impl: _median_round(rounds[(mode, impl)]) for impl in ("reference", "ours")}
+                    # With several rounds, the ratio is the median of the rounds' own ratios.
+                    paired = _median(_paired(rounds[(mode, "ours")], rounds[(mode, "reference")]))
                     for impl, r in rows.items():
                         if "failed" in r:
                             print(f"{mode:<12} {impl:<10} {r['failed']}")
                             continue
-                        ratio = _ratio(r, rows["reference"]) if impl == "ours" else ""
+                        ratio = f"{paired:.1f}x" if impl == "ours" and paired is not None else (
+                            "-" if impl == "ours" else "")
                         purge = f"{r['purge']:.2f}" if r.get("purge") is not None else "-"
                         print(f"{mode:<12} {impl:<10} {r['rate']:>9.0f} {ratio:>7} {_ms(r['p50']):>8} "
                               f"{_ms(r['p99']):>8} {_ms(r['max']):>8} {_ms(r['first']):>9} {purge:>8} "
                               f"{_ms(r.get('stall')):>9} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f} "
                               f"{_child(r):>6}{_spread(rounds[(mode, impl)])}")
+                for mode in ("4 threads", "2 processes"):
+                    if mode in modes and "1 thread" in modes:
+                        ratios = _paired(rounds[(mode, "ours")], rounds[("1 thread", "ours")])
+                        if ratios:
+                            listed = ", ".join(f"{r:.2f}" for r in ratios)
+                            print(f"ours, {mode} / 1 thread: {_median(ratios):.2f}"
+                                  + (f"  (rounds: {listed})" if len(ratios) > 1 else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if pg_server is not None:

@@ -49,10 +49,10 @@ _TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE}
 
 def log_safe(value: object, limit: int = 200) -> str:
     """A value fit for one log line: no control characters, bounded length."""
-    text = str(value)
+    text = value if type(value) is str else str(value)
     if len(text) > limit:
         text = text[:limit] + "..."
-    if text.isprintable() and " " not in text:
+    if " " not in text and text.isprintable():
         return text
     return "".join(ch if ch.isprintable() and ch != " " else f"\\x{ord(ch):02x}" for ch in text)
 
@@ -74,32 +74,36 @@ class Verdict:
     whitelisted_recipients: int = 0  # recipients left out of greylisting by a whitelist
 
     def log_line(self) -> str:
-        parts = [f"action={self.action}", f"reason={log_safe(self.reason)}"]
+        # Written for every message: one string built up, no intermediate list.
+        safe = log_safe
+        line = f"greylist: action={self.action}, reason={safe(self.reason)}"
         if self.action == "learn":
-            parts.append("would=greylist")
+            line += ", would=greylist"
         if self.client_address is not None:
-            parts.append(f"client_address={log_safe(self.client_address)}")
+            line += f", client_address={safe(self.client_address)}"
         if self.client_name:
-            parts.append(f"client_name={log_safe(self.client_name)}")
+            line += f", client_name={safe(self.client_name)}"
         if self.sender is not None:
-            parts.append(f"sender={log_safe(self.sender)}")
-        if self.recipients:
-            shown = ",".join(log_safe(r, 100) for r in self.recipients[:5])
-            more = f",+{len(self.recipients) - 5}" if len(self.recipients) > 5 else ""
-            parts.append(f"recipients={shown}{more}")
+            line += f", sender={safe(self.sender)}"
+        recipients = self.recipients
+        if recipients:
+            line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
+            if len(recipients) > 5:
+                line += f",+{len(recipients) - 5}"
         if self.spf_domain:
-            parts.append(f"spf_domain={log_safe(self.spf_domain)}")
+            line += f", spf_domain={safe(self.spf_domain)}"
         if self.whitelisted_recipients:
-            parts.append(f"whitelisted_recipients={self.whitelisted_recipients}")
-        if self.decision is not None and not self.decision.accept:
-            parts.append(f"wait={policy.format_wait(self.decision.wait)}")
-        if self.decision is not None:
-            delays = [o.pending_for for o in self.decision.outcomes if o.pending_for is not None]
+            line += f", whitelisted_recipients={self.whitelisted_recipients}"
+        decision = self.decision
+        if decision is not None:
+            if not decision.accept:
+                line += f", wait={policy.format_wait(decision.wait)}"
+            delays = [o.pending_for for o in decision.outcomes if o.pending_for is not None]
             if delays:
-                parts.append(f"delay={int(max(delays))}")
+                line += f", delay={int(max(delays))}"
         if self.error:
-            parts.append(f"error={log_safe(self.error, 300)}")
-        return "greylist: " + ", ".join(parts)
+            line += f", error={safe(self.error, 300)}"
+        return line
 
 
 def _client_name(received_from: Optional[str]) -> Optional[str]:

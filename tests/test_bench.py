@@ -16,6 +16,7 @@ def test_benchmark_smoke_run():
     assert len(ours) == 8, result.stdout  # 2 sizes x 4 modes
     assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
     assert any("x " in line for line in ours)  # a ratio against the reference was printed
+    assert sum(line.startswith("ours, 4 threads / 1 thread: ") for line in lines) == 2, result.stdout
 
 
 def test_features_benchmark_smoke_run():
