@@ -67,11 +67,14 @@ def _read_file(path: str) -> bytes:
     """The whole file, with as few system calls as it takes (one, for a control file)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
+        data = os.read(fd, 65536)
+        if len(data) < 65536:  # a short read of a regular file is its end
+            return data
+        chunks = [data]
         while True:
             chunk = os.read(fd, 65536)
             chunks.append(chunk)
-            if len(chunk) < 65536:  # a short read of a regular file is its end
+            if len(chunk) < 65536:
                 return b"".join(chunks)
     finally:
         os.close(fd)
@@ -99,6 +102,9 @@ def read_header_block(body_path: str, limit: int = 65536) -> bytes:
     return data if end < 0 else data[: end + 1]
 
 
+_RECORDS_READ = frozenset((b"r", b"N", b"S", b"F", b"s", b"O", b"f", b"i"))
+
+
 def read_envelope(control_paths: Sequence[str]) -> Envelope:
     """Read sender, undelivered recipients and client address.
 
@@ -116,6 +122,8 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
         address = ""
         for line in data.split(b"\n"):
             key = line[:1]
+            if key not in _RECORDS_READ:  # most records: the message id, DSN options, ...
+                continue
             if key == b"r":
                 address = decode_value(line[1:])
             elif key == b"N":

@@ -73,6 +73,15 @@ def test_network_matches_reference_text():
     assert client_network(ipaddress.ip_address("::1")) == "0000:0000:0000"
 
 
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+@example(0)
+@example(2**32 - 1)
+def test_ipv4_network_is_the_first_three_octets_of_the_text(number):
+    address = ipaddress.IPv4Address(number)
+    text = str(address)
+    assert client_network(address) == text[: text.rindex(".")]
+
+
 def test_other_prefixes_use_cidr():
     assert client_network(ipaddress.ip_address("198.51.100.7"), ipv4_prefix=16) == "198.51.0.0/16"
     assert client_network(ipaddress.ip_address("2001:db8:1:2::5"), ipv6_prefix=64) == "2001:db8:1:2::/64"
