@@ -431,9 +431,9 @@ def main() -> int:
     parser.add_argument("--sizes", help="comma-separated store sizes (default 0,10000,100000,1000000)")
     parser.add_argument("--flavours", help="comma-separated dbm flavours (default: all this Python has)")
     parser.add_argument("--modes", help="comma-separated modes (default: all)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time box of each measurement")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of every measurement; rows show the median round")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time box of each measurement")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="rounds of every measurement (default 3; --quick 1); rows show the median round")
     parser.add_argument("--cap", type=float, default=40.0, help="give up a run after this many seconds")
     args = parser.parse_args()
     if args.prewrite:
@@ -451,9 +451,11 @@ def main() -> int:
         flavours = ["dbm.dumb"]
     if args.quick:
         sizes, seconds, count, cap = [0, 200], 0.3, 300, 30.0
+        repeat = args.repeat or 1
     else:
         sizes = [int(s) for s in (args.sizes or "0,10000,100000,1000000").split(",")]
         seconds, count, cap = args.seconds, 30000, args.cap
+        repeat = args.repeat or 3
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     from pgserver import PostgresServer, from_environment, server_binaries
 
@@ -510,7 +512,7 @@ def main() -> int:
                 # machine's speed drifts over minutes, and a mode measured minutes
                 # after another is not comparable with it.
                 rounds: dict = {}
-                for round_index in range(args.repeat):
+                for round_index in range(repeat):
                     for mode, impl in _round_order(modes, round_index):
                         rounds.setdefault((mode, impl), []).append(
                             measure(impl, template, work, paths, mode, seconds, cap))
