@@ -263,6 +263,11 @@ def worker(spec: dict) -> dict:
         during = [lat for per in samples for t0, lat in per
                   if t0 + lat > window["start"] and t0 < window["end"]]
         result["stall"] = max(during) if during else 0.0
+        if os.environ.get("BENCH_STALLS"):  # where in the purge the longest waits came
+            worst = sorted(((lat, t0 - window["start"]) for per in samples for t0, lat in per
+                            if t0 + lat > window["start"] and t0 < window["end"]), reverse=True)[:5]
+            sys.__stderr__.write(f"purge {window['end'] - window['start']:.2f} s, longest waits (ms at s): "
+                             + ", ".join(f"{lat * 1000:.1f} at {at:.2f}" for lat, at in worst) + "\n")
     elif spec["impl"] == "reference" and spec["purge"]:
         result["purge"] = result["stall"] = first.get("latency")
     return result
