@@ -11,8 +11,12 @@ store size and flavour it measures, for both modules:
   it), how long the purge takes, the longest wait of a decision made while
   the purge runs, and the peak RSS of the process.
 
-    python bench/run.py            # the full run, about twenty minutes on 2 cores
+    python bench/run.py            # the full run, about 13 minutes on 2 cores
     python bench/run.py --quick    # tiny sizes, seconds (the test suite runs this)
+
+Each measurement is made in rounds (3 by default), what is compared side by
+side within a round; rows show the round of median rate and ratios are the
+median of the rounds' own ratios (see ``_round_order``).
 
 Run it with an interpreter that has dbm.gnu (Debian: /usr/bin/python3 with
 python3-gdbm) to get the gdbm rows; dbm.dumb rows are always there.  Runs of
