@@ -19,8 +19,8 @@ try:
     # CPython's own MD5 costs 0.6 us for a key, OpenSSL's (hashlib.md5) 1.5 us:
     # its context set-up outweighs the hashing of 50 bytes.  Not a security use.
     from _md5 import md5 as _md5
-except ImportError:  # a build without CPython's hash modules
-    _md5 = hashlib.md5
+except ImportError:  # a build without CPython's hash modules (a FIPS build, say)
+    _md5 = functools.partial(hashlib.md5, usedforsecurity=False)
 
 
 class InvalidClientAddress(ValueError):
