@@ -1,7 +1,10 @@
 import hashlib
 import ipaddress
+import subprocess
+import sys
 
 import pytest
+from helpers import REPO
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -96,3 +99,15 @@ def test_key_collision_is_kept_for_compatibility():
     # The reference joins without a separator; stores depend on it.
     assert triplet_key("x@example.com", "o@example.net", "1.2.3") == triplet_key(
         "x@example.co", "mo@example.net", "1.2.3")
+
+
+def test_key_is_the_same_without_cpython_md5_module():
+    # A Python built without CPython's own hash modules falls back to hashlib's MD5.
+    code = ("import sys; sys.modules['_md5'] = None\n"
+            "from greylist import triplet\n"
+            "assert triplet._md5.__module__ != '_md5'\n"
+            "print(triplet.triplet_key('a@b.example', 'c@d.example', '192.0.2'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == hashlib.md5(b"a@b.example" + b"c@d.example" + b"192.0.2").hexdigest()
