@@ -19,6 +19,7 @@ never depends on when the purge last ran.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Optional, Tuple
@@ -187,7 +188,12 @@ def format_wait(seconds: float) -> str:
     Rounding up means a sender still refused is never told ``00:00:00``
     (unless greylist_time itself is 0) and never retries a second early.
     """
-    total = max(0, math.ceil(seconds - 1e-6))
+    return _hours_minutes_seconds(max(0, math.ceil(seconds - 1e-6)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hours_minutes_seconds(total: int) -> str:
+    # Every greylisted message's reply and log line: mostly the same few waits.
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"

@@ -79,6 +79,7 @@ _FOLDS = struct.Struct("<I")
 _FOLDS_OFFSET = _DIRTY_OFFSET + 4
 # What every transaction reads first, in one go: the generation and the dirty byte.
 _STATE = struct.Struct("<Q8xB")
+_GENERATION = struct.Struct("<Q")
 _MAPPED = _HEADER.size + 8
 # How long a process trusts the fold count alone: a writer of an older version
 # replaces files without counting, and is then seen within this time.
@@ -248,6 +249,20 @@ class StoreLock:
         if header is not None and not self.readonly:
             _HEADER.pack_into(header, 0, generation, last_purge)
 
+    def begin_write(self) -> int:
+        """Under the lock, before a hold's first write: a new generation, and the dirty mark.
+
+        Returns the new generation (what other processes compare with theirs).
+        """
+        header = self._header or self._map_header()
+        if header is None:
+            return 1
+        generation = _GENERATION.unpack_from(header, 0)[0] + 1
+        if not self.readonly:
+            _GENERATION.pack_into(header, 0, generation)
+            header[_DIRTY_OFFSET] = 1
+        return generation
+
     def read_folds(self) -> int:
         header = self._header or self._map_header()
         return 0 if header is None else _FOLDS.unpack_from(header, _FOLDS_OFFSET)[0]
@@ -357,9 +372,9 @@ _MISSING = object()
 
 
 def _encode_block(changes: list) -> bytes:
-    payload = b"".join(
+    payload = b"".join([
         _ENTRY_HEADER.pack(len(key), -1 if value is None else len(value)) + key + (value or b"")
-        for key, value in changes)
+        for key, value in changes])
     return _BLOCK_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -1335,10 +1350,7 @@ class DbmStore(Store):
         """Called before the first write of a lock hold: tell other processes."""
         if not self._wrote:
             self._wrote = True
-            generation, last_purge = self._lock.read_header()
-            self._generation = generation + 1
-            self._lock.write_header(self._generation, last_purge)
-            self._lock.dirty = True
+            self._generation = self._lock.begin_write()
 
     def transaction(self) -> _DbmTransaction:
         return _DbmTransaction(self)
