@@ -531,10 +531,8 @@ def main() -> int:
                 print(f"{'mode':<12} {'impl':<10} {'dec/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
                       f"{'max ms':>8} {'1st ms':>9} {'purge s':>8} {'stall ms':>9} {'RSS MB':>7} {'anon':>7} "
                       f"{'child':>6}")
-                # With --repeat, every mode is measured once per round, rounds one
-                # after the other, and each row is the round of median rate: this
-                # machine's speed drifts over minutes, and a mode measured minutes
-                # after another is not comparable with it.
+                # Every mode is measured once per round, in the order of
+                # _round_order; each row is the round of median rate.
                 rounds: dict = {}
                 for round_index in range(repeat):
                     for mode, impl in _round_order(modes, round_index):
