@@ -30,8 +30,8 @@ from typing import Callable, Optional
 
 _PROGRESS_EVERY = 16384
 # The copy is written out every this many entries (a few MB), not all at the
-# end: one sync of a whole new file (60 MB at a million entries) made the
-# dispatcher's journal appends wait 18 ms for the filesystem (measured).
+# end: during one sync of a whole new file (60 MB at a million entries) a
+# decision in the dispatcher waited 18 ms, until the sync ended (measured).
 _SYNC_EVERY = 65536
 
 
