@@ -271,13 +271,12 @@ def worker(spec: dict) -> dict:
     result["child_mb"] = peak_child[0]
     if window is not None and "start" in window:
         result["purge"] = window["end"] - window["start"]
-        samples = [list(zip(starts[n], waits[n])) for n in range(threads)]
-        during = [lat for per in samples for t0, lat in per
-                  if t0 + lat > window["start"] and t0 < window["end"]]
-        result["stall"] = max(during) if during else 0.0
+        during = sorted(((lat, t0 - window["start"]) for n in range(threads)
+                         for t0, lat in zip(starts[n], waits[n])
+                         if t0 + lat > window["start"] and t0 < window["end"]), reverse=True)
+        result["stall"] = during[0][0] if during else 0.0
         if os.environ.get("BENCH_STALLS"):  # where in the purge the longest waits came
-            worst = sorted(((lat, t0 - window["start"]) for per in samples for t0, lat in per
-                            if t0 + lat > window["start"] and t0 < window["end"]), reverse=True)[:5]
+            worst = during[:5]
             sys.__stderr__.write(f"purge {window['end'] - window['start']:.2f} s, longest waits (ms at s): "
                              + ", ".join(f"{lat * 1000:.1f} at {at:.2f}" for lat, at in worst) + "\n")
     elif spec["impl"] == "reference" and spec["purge"]:

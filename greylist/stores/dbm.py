@@ -272,16 +272,11 @@ class StoreLock:
         if header is not None and not self.readonly:
             _FOLDS.pack_into(header, _FOLDS_OFFSET, (self.read_folds() + 1) & 0xFFFFFFFF)
 
-    @property
-    def dirty(self) -> bool:
-        header = self._header or self._map_header()
-        return header is not None and header[_DIRTY_OFFSET] == 1
-
-    @dirty.setter
-    def dirty(self, value: bool) -> None:
+    def end_write(self) -> None:
+        """Every change of this hold is in the files: clear the mark begin_write set."""
         header = self._header or self._map_header()
         if header is not None and not self.readonly:
-            header[_DIRTY_OFFSET] = 1 if value else 0
+            header[_DIRTY_OFFSET] = 0
 
     def close(self) -> None:
         if self._header is not None:
@@ -1314,7 +1309,7 @@ class DbmStore(Store):
             if self._wrote:
                 for table in self._tables.values():
                     table.end()
-                self._lock.dirty = False  # every change of this hold is in the files
+                self._lock.end_write()
             else:
                 for table in self._opened_per_hold:
                     table.end()
