@@ -6,7 +6,9 @@ expired).  Workload: 70% messages from known triplets, 30% new.  For each
 store size and flavour it measures, for both modules:
 
 * decisions/s and p50/p99/max latency with 1 thread, 4 threads, and 2
-  processes on one store (purge held off, as between two purges);
+  processes on one store (purge held off, as between two purges); and our
+  4 threads against our 1 thread once more, in bursts paired within one
+  process (``paired_threads``), which the machine's drift does not blur;
 * the first call after start with the purge due (the reference purges inside
   it), how long the purge takes, the longest wait of a decision made while
   the purge runs, and the peak RSS of the process.
@@ -198,10 +200,72 @@ def _children_peak() -> float:
     return peak
 
 
+def paired_threads(do_filter, paths: list, threads: int) -> dict:
+    """4 threads against 1, in bursts a few tens of milliseconds apart, in one process.
+
+    Rounds of separate processes seconds apart compare two measurements
+    taken at different machine speeds (this machine drifts by up to half
+    within seconds).  Here bursts of one thread and of ``threads`` threads
+    alternate on consecutive, disjoint slices of the same workload, on
+    threads that stay alive between bursts; every other pair runs the
+    threads first.  The median of the pairs' ratios is the figure.
+    """
+    import queue
+
+    warm = paths[:200]
+    t0 = time.perf_counter()
+    for path in warm:
+        do_filter("", [path])
+    rate = len(warm) / (time.perf_counter() - t0)
+    left = len(paths) - len(warm)
+    burst = max(20, min(int(rate * 0.05), left // 16))  # about 50 ms of one thread
+    pairs = min(20, left // (2 * burst))
+    inboxes = [queue.SimpleQueue() for _ in range(threads)]
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def serve(inbox) -> None:
+        while True:
+            chunk = inbox.get()
+            if chunk is None:
+                return
+            for path in chunk:
+                do_filter("", [path])
+            done.put(None)
+
+    pool = [threading.Thread(target=serve, args=(inbox,)) for inbox in inboxes]
+    for thread in pool:
+        thread.start()
+
+    def run(chunk: list, count: int) -> float:
+        start = time.perf_counter()
+        for n in range(count):
+            inboxes[n].put(chunk[n::count])
+        for _ in range(count):
+            done.get()
+        return len(chunk) / (time.perf_counter() - start)
+
+    ratios, at = [], len(warm)
+    for n in range(pairs):
+        first, second = paths[at:at + burst], paths[at + burst:at + 2 * burst]
+        at += 2 * burst
+        if n % 2 == 0:
+            one, many = run(first, 1), run(second, threads)
+        else:
+            many, one = run(first, threads), run(second, 1)
+        ratios.append(many / one)
+    for inbox in inboxes:
+        inbox.put(None)
+    for thread in pool:
+        thread.join()
+    return {"ratios": ratios, "burst": burst}
+
+
 def worker(spec: dict) -> dict:
     started = time.perf_counter()
     do_filter, window = _load(spec["impl"], spec["config"], spec["purge"])
     sys.stderr = open(os.devnull, "w")  # the decision log lines cost a write each, as in Courier
+    if spec.get("paired"):
+        return paired_threads(do_filter, spec["paths"], spec["threads"])
     peak_anon, peak_child = [0.0], [0.0]
     sampling = threading.Event()
 
@@ -336,20 +400,35 @@ def pg_reset(info: dict) -> None:
             conn.execute(f"ANALYZE {table}")
 
 
-def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
+def _fresh_store(template, work) -> str:
+    """A copy of the pre-written store (dbm files, or PostgreSQL tables); its config file."""
     if isinstance(template, dict):
         pg_reset(template)
-        config = _config(os.path.join(work, "bench.conf"), template)
-    else:
-        store = os.path.join(work, "store")
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.copytree(template, store)
-        config = _config(os.path.join(work, "bench.conf"), store)
+        return _config(os.path.join(work, "bench.conf"), template)
+    store = os.path.join(work, "store")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(template, store)
+    return _config(os.path.join(work, "bench.conf"), store)
+
+
+def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
+    config = _fresh_store(template, work)
     processes = 2 if mode == "2 processes" else 1
     threads = 4 if mode == "4 threads" else 1
     purge = mode == "purge"
     specs = [dict(impl=impl, config=config, paths=paths[n::processes], threads=threads,
                   seconds=seconds, purge=purge) for n in range(processes)]
+    return _run_workers(specs, work, cap, processes)
+
+
+def measure_paired(template, work, paths, cap) -> dict:
+    """Our 4 threads against our 1 thread, paired burst by burst in one process."""
+    spec = dict(impl="ours", config=_fresh_store(template, work), paths=paths, threads=4,
+                seconds=0, purge=False, paired=True)
+    return _run_workers([spec], work, cap, 1)
+
+
+def _run_workers(specs: list, work: str, cap: float, processes: int) -> dict:
     procs = []
     for spec in specs:
         spec_path = os.path.join(work, f"spec{len(procs)}.json")
@@ -371,6 +450,8 @@ def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
             proc.wait()
         return {"failed": f"capped: no result within {cap} s"}
     merged = dict(results[0])
+    if "ratios" in merged:  # paired bursts: the worker's own figures
+        return merged
     if processes > 1:
         merged["decisions"] = sum(r["decisions"] for r in results)
         merged["elapsed"] = max(r["elapsed"] for r in results)
@@ -559,6 +640,16 @@ def main() -> int:
                             listed = ", ".join(f"{r:.2f}" for r in ratios)
                             print(f"ours, {mode} / 1 thread: {_median(ratios):.2f}"
                                   + (f"  (rounds: {listed})" if len(ratios) > 1 else ""))
+                if "4 threads" in modes and "1 thread" in modes:
+                    paired = measure_paired(template, work, paths, cap)
+                    if "failed" in paired:
+                        print(f"ours, 4 threads / 1 thread in bursts: {paired['failed']}")
+                    elif paired["ratios"]:
+                        ratios = sorted(paired["ratios"])
+                        quarter = len(ratios) // 4
+                        print(f"ours, 4 threads / 1 thread in bursts: {_median(ratios):.2f}  "
+                              f"({len(ratios)} pairs of {paired['burst']} decisions in one process; "
+                              f"middle half {ratios[quarter]:.2f}-{ratios[-1 - quarter]:.2f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if pg_server is not None:
