@@ -644,7 +644,9 @@ def main() -> int:
                     paired = measure_paired(template, work, paths, cap)
                     if "failed" in paired:
                         print(f"ours, 4 threads / 1 thread in bursts: {paired['failed']}")
-                    elif paired["ratios"]:
+                    elif not paired["ratios"]:
+                        print("ours, 4 threads / 1 thread in bursts: too few control files for a pair")
+                    else:
                         ratios = sorted(paired["ratios"])
                         quarter = len(ratios) // 4
                         print(f"ours, 4 threads / 1 thread in bursts: {_median(ratios):.2f}  "
