@@ -6,9 +6,9 @@ expired).  Workload: 70% messages from known triplets, 30% new.  For each
 store size and flavour it measures, for both modules:
 
 * decisions/s and p50/p99/max latency with 1 thread, 4 threads, and 2
-  processes on one store (purge held off, as between two purges); and our
-  4 threads against our 1 thread once more, in bursts paired within one
-  process (``paired_threads``), which the machine's drift does not blur;
+  processes on one store (purge held off, as between two purges); and 4
+  threads against 1 once more, in bursts paired within one process
+  (``paired_threads``), which the machine's drift does not blur;
 * the first call after start with the purge due (the reference purges inside
   it), how long the purge takes, the longest wait of a decision made while
   the purge runs, and the peak RSS of the process.
@@ -200,7 +200,7 @@ def _children_peak() -> float:
     return peak
 
 
-def paired_threads(do_filter, paths: list, threads: int) -> dict:
+def paired_threads(do_filter, paths: list, threads: int, budget: float = 8.0) -> dict:
     """4 threads against 1, in bursts a few tens of milliseconds apart, in one process.
 
     Rounds of separate processes seconds apart compare two measurements
@@ -208,18 +208,21 @@ def paired_threads(do_filter, paths: list, threads: int) -> dict:
     within seconds).  Here bursts of one thread and of ``threads`` threads
     alternate on consecutive, disjoint slices of the same workload, on
     threads that stay alive between bursts; every other pair runs the
-    threads first.  The median of the pairs' ratios is the figure.
+    threads first.  The median of the pairs' ratios is the figure.  At most
+    20 pairs, and as many as fit in ``budget`` seconds (the reference at
+    100k dbm.dumb triplets makes a few decisions a second), but at least 3.
     """
     import queue
 
-    warm = paths[:200]
     t0 = time.perf_counter()
-    for path in warm:
-        do_filter("", [path])
-    rate = len(warm) / (time.perf_counter() - t0)
-    left = len(paths) - len(warm)
+    warmed = 0
+    while warmed < 200 and (warmed < 5 or time.perf_counter() - t0 < 1.0):
+        do_filter("", [paths[warmed]])
+        warmed += 1
+    rate = warmed / (time.perf_counter() - t0)
+    left = len(paths) - warmed
     burst = max(20, min(int(rate * 0.05), left // 16))  # about 50 ms of one thread
-    pairs = min(20, left // (2 * burst))
+    pairs = min(20, left // (2 * burst), max(3, int(budget * rate / (2 * burst))))
     inboxes = [queue.SimpleQueue() for _ in range(threads)]
     done: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -244,7 +247,7 @@ def paired_threads(do_filter, paths: list, threads: int) -> dict:
             done.get()
         return len(chunk) / (time.perf_counter() - start)
 
-    ratios, at = [], len(warm)
+    ratios, at = [], warmed
     for n in range(pairs):
         first, second = paths[at:at + burst], paths[at + burst:at + 2 * burst]
         at += 2 * burst
@@ -421,9 +424,9 @@ def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
     return _run_workers(specs, work, cap, processes)
 
 
-def measure_paired(template, work, paths, cap) -> dict:
-    """Our 4 threads against our 1 thread, paired burst by burst in one process."""
-    spec = dict(impl="ours", config=_fresh_store(template, work), paths=paths, threads=4,
+def measure_paired(impl, template, work, paths, cap) -> dict:
+    """4 threads against 1 thread, paired burst by burst in one process."""
+    spec = dict(impl=impl, config=_fresh_store(template, work), paths=paths, threads=4,
                 seconds=0, purge=False, paired=True)
     return _run_workers([spec], work, cap, 1)
 
@@ -525,6 +528,19 @@ def _round_order(modes: list, round_index: int) -> list:
     order += [(m, "reference") for m in throughput if m != "1 thread"]
     order += [("purge", impl) for impl in ("reference", "ours") if "purge" in modes]
     return order if round_index % 2 == 0 else order[::-1]
+
+
+def _print_paired(impl: str, paired: dict) -> None:
+    label = f"{impl}, 4 threads / 1 thread in bursts: "
+    if "failed" in paired:
+        print(label + paired["failed"])
+    elif not paired["ratios"]:
+        print(label + "too few control files for a pair")
+    else:
+        ratios = sorted(paired["ratios"])
+        quarter = len(ratios) // 4
+        print(f"{label}{_median(ratios):.2f}  ({len(ratios)} pairs of {paired['burst']} decisions "
+              f"in one process; middle half {ratios[quarter]:.2f}-{ratios[-1 - quarter]:.2f})")
 
 
 def main() -> int:
@@ -640,18 +656,9 @@ def main() -> int:
                             listed = ", ".join(f"{r:.2f}" for r in ratios)
                             print(f"ours, {mode} / 1 thread: {_median(ratios):.2f}"
                                   + (f"  (rounds: {listed})" if len(ratios) > 1 else ""))
-                if "4 threads" in modes and "1 thread" in modes:
-                    paired = measure_paired(template, work, paths, cap)
-                    if "failed" in paired:
-                        print(f"ours, 4 threads / 1 thread in bursts: {paired['failed']}")
-                    elif not paired["ratios"]:
-                        print("ours, 4 threads / 1 thread in bursts: too few control files for a pair")
-                    else:
-                        ratios = sorted(paired["ratios"])
-                        quarter = len(ratios) // 4
-                        print(f"ours, 4 threads / 1 thread in bursts: {_median(ratios):.2f}  "
-                              f"({len(ratios)} pairs of {paired['burst']} decisions in one process; "
-                              f"middle half {ratios[quarter]:.2f}-{ratios[-1 - quarter]:.2f})")
+                for impl in ("ours", "reference"):
+                    if "4 threads" in modes and "1 thread" in modes:
+                        _print_paired(impl, measure_paired(impl, template, work, paths, cap))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if pg_server is not None:

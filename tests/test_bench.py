@@ -17,8 +17,9 @@ def test_benchmark_smoke_run():
     assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
     assert any("x " in line for line in ours)  # a ratio against the reference was printed
     assert sum(line.startswith("ours, 4 threads / 1 thread: ") for line in lines) == 2, result.stdout
-    bursts = [line for line in lines if line.startswith("ours, 4 threads / 1 thread in bursts: ")]
-    assert len(bursts) == 2 and all(" pairs of " in line for line in bursts), result.stdout
+    for impl in ("ours", "reference"):
+        bursts = [line for line in lines if line.startswith(f"{impl}, 4 threads / 1 thread in bursts: ")]
+        assert len(bursts) == 2 and all(" pairs of " in line for line in bursts), result.stdout
 
 
 def test_features_benchmark_smoke_run():
