@@ -216,7 +216,7 @@ def paired_threads(do_filter, paths: list, threads: int, budget: float = 8.0) ->
 
     t0 = time.perf_counter()
     warmed = 0
-    while warmed < 200 and (warmed < 5 or time.perf_counter() - t0 < 1.0):
+    while warmed < min(200, len(paths) // 2) and (warmed < 5 or time.perf_counter() - t0 < 1.0):
         do_filter("", [paths[warmed]])
         warmed += 1
     rate = warmed / (time.perf_counter() - t0)
@@ -421,17 +421,18 @@ def measure(impl, template, work, paths, mode, seconds, cap) -> dict:
     purge = mode == "purge"
     specs = [dict(impl=impl, config=config, paths=paths[n::processes], threads=threads,
                   seconds=seconds, purge=purge) for n in range(processes)]
-    return _run_workers(specs, work, cap, processes)
+    return _run_workers(specs, work, cap)
 
 
 def measure_paired(impl, template, work, paths, cap) -> dict:
     """4 threads against 1 thread, paired burst by burst in one process."""
     spec = dict(impl=impl, config=_fresh_store(template, work), paths=paths, threads=4,
                 seconds=0, purge=False, paired=True)
-    return _run_workers([spec], work, cap, 1)
+    return _run_workers([spec], work, cap)
 
 
-def _run_workers(specs: list, work: str, cap: float, processes: int) -> dict:
+def _run_workers(specs: list, work: str, cap: float) -> dict:
+    """Run one worker process per spec; their results, merged (or why they failed)."""
     procs = []
     for spec in specs:
         spec_path = os.path.join(work, f"spec{len(procs)}.json")
@@ -455,7 +456,7 @@ def _run_workers(specs: list, work: str, cap: float, processes: int) -> dict:
     merged = dict(results[0])
     if "ratios" in merged:  # paired bursts: the worker's own figures
         return merged
-    if processes > 1:
+    if len(results) > 1:
         merged["decisions"] = sum(r["decisions"] for r in results)
         merged["elapsed"] = max(r["elapsed"] for r in results)
         for k in ("p50", "p99", "max"):
@@ -656,8 +657,8 @@ def main() -> int:
                             listed = ", ".join(f"{r:.2f}" for r in ratios)
                             print(f"ours, {mode} / 1 thread: {_median(ratios):.2f}"
                                   + (f"  (rounds: {listed})" if len(ratios) > 1 else ""))
-                for impl in ("ours", "reference"):
-                    if "4 threads" in modes and "1 thread" in modes:
+                if "4 threads" in modes and "1 thread" in modes:
+                    for impl in ("ours", "reference"):
                         _print_paired(impl, measure_paired(impl, template, work, paths, cap))
     finally:
         shutil.rmtree(work, ignore_errors=True)
