@@ -32,6 +32,7 @@ import array
 import hashlib
 import json
 import os
+import queue
 import random
 import shutil
 import subprocess
@@ -212,8 +213,6 @@ def paired_threads(do_filter, paths: list, threads: int, budget: float = 8.0) ->
     20 pairs, and as many as fit in ``budget`` seconds (the reference at
     100k dbm.dumb triplets makes a few decisions a second), but at least 3.
     """
-    import queue
-
     t0 = time.perf_counter()
     warmed = 0
     while warmed < min(200, len(paths) // 2) and (warmed < 5 or time.perf_counter() - t0 < 1.0):
