@@ -11,6 +11,7 @@ not on every message.
 from __future__ import annotations
 
 import dbm
+import errno
 import ipaddress
 import os
 import threading
@@ -41,6 +42,22 @@ def lookup_keys(address: ipaddress._BaseAddress) -> list:
     return [":" + ":".join(parts[:n]) for n in range(8, 0, -1)]
 
 
+def _signature(path: str) -> Tuple[int, int, int]:
+    """What changes when the database at ``path`` is rebuilt: its file's time, size and inode.
+
+    Courier's makedat writes one file (gdbm or Berkeley DB) and renames it into
+    place; a database in dbm.dumb's flavour, which stdlib ``dbm.open`` reads
+    too, is ``path.dat`` plus its index ``path.dir``, written last.
+    """
+    for candidate in (path, path + ".dir"):
+        try:
+            info = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        return info.st_mtime_ns, info.st_size, info.st_ino
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
 class SmtpAccess:
     """The smtpaccess database, re-opened when makesmtpaccess replaces it."""
 
@@ -54,7 +71,7 @@ class SmtpAccess:
 
     def _open(self) -> None:
         try:
-            info = os.stat(self.path)
+            signature = _signature(self.path)
             db = dbm.open(self.path, "r")
         except (OSError, ImportError, *dbm.error) as error:
             hint = ""
@@ -62,7 +79,7 @@ class SmtpAccess:
                 hint = " (install python3-gdbm: Courier writes it with gdbm)"
             raise SmtpAccessError(f"cannot read {self.path}: {error}{hint}") from None
         old, self._db = self._db, db
-        self._signature = (info.st_mtime_ns, info.st_size, info.st_ino)
+        self._signature = signature
         if old is not None:
             old.close()
 
@@ -70,10 +87,9 @@ class SmtpAccess:
         """The smtpaccess value that applies to an address, or None."""
         with self._lock:
             try:
-                info = os.stat(self.path)
-                if (info.st_mtime_ns, info.st_size, info.st_ino) != self._signature:
+                if _signature(self.path) != self._signature:
                     self._open()
-            except OSError:
+            except (OSError, SmtpAccessError):
                 pass  # keep the last good copy while the file is being replaced
             for key in lookup_keys(address):
                 raw = self._db.get(key.encode("ascii"))

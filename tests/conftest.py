@@ -1,4 +1,41 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pgserver import PostgresServer, from_environment, server_binaries  # noqa: E402
+
+from greylist.stores import ALL_TABLES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server():
+    """A PostgreSQL server for the session: GREYLIST_TEST_PG's, or one started here."""
+    if from_environment():
+        yield None
+        return
+    if server_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the PostgreSQL store: install postgresql")
+        pytest.skip("no PostgreSQL server binaries here (apt-get install postgresql)")
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def conninfo(server):
+    """Connection settings of an empty greylisting database."""
+    psycopg = pytest.importorskip("psycopg")
+    info = from_environment() or server.conninfo()
+    with psycopg.connect(host=info["host"], port=info["port"], dbname=info["db"], user=info["user"],
+                         password=info["password"], autocommit=True) as conn:
+        # Connections a previous test left open would hold their table locks.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        conn.execute("SET lock_timeout = '10s'")
+        for table in ALL_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    return info

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Iterable, Optional, Sequence
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -121,8 +123,19 @@ def have_gdbm() -> bool:
     return True
 
 
+NO_GDBM = "this Python has no dbm.gnu (Debian: apt-get install python3-gdbm, then use /usr/bin/python3)"
+needs_gdbm = pytest.mark.skipif(not have_gdbm(), reason=NO_GDBM)
+# Both dbm flavours as test parameters: the one this Python lacks shows up as a skip, not as nothing.
+DBM_FLAVOURS = ["dbm.dumb", pytest.param("dbm.gnu", marks=needs_gdbm)]
+
+
 def replay_total(procs) -> int:
-    """Wait for replay workers (tests/workers.py); the sum of their greylistings."""
+    """Start replay workers (tests/workers.py) together; the sum of their greylistings."""
+    for proc in procs:
+        assert proc.stdout.readline() == "ready\n", proc.communicate(timeout=60)[1]
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     total = 0
     for proc in procs:
         out, err = proc.communicate(timeout=300)

@@ -97,3 +97,12 @@ def from_environment() -> Optional[dict]:
     return {"host": pairs.get("host", "127.0.0.1"), "port": int(pairs.get("port", 5432)),
             "db": pairs.get("dbname", "greylist"), "user": pairs.get("user", "greylist"),
             "password": pairs.get("password", "")}
+
+
+def write_pg_config(path, info: dict, **greylist_settings) -> str:
+    """A pythonfilter-modules.conf naming the server of ``info``, with greylist settings."""
+    lines = ["[greylist.py]"] + [f"{k} = {v!r}" for k, v in greylist_settings.items()]
+    lines += ["[ttldb]", "type = 'psycopg2'"] + [f"{k} = {v!r}" for k, v in info.items()]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return str(path)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import REPO, write_config, write_control
+from helpers import REPO, have_gdbm, write_config, write_control
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
 STANDARD_CONFIGS = ["/etc/pythonfilter-modules.conf", "/usr/local/etc/pythonfilter-modules.conf"]
@@ -31,18 +31,10 @@ def test_check_greylists_then_passes(tmp_path):
     control = write_control(str(tmp_path / "C"))
     first = run("check", "--config", config, control)
     assert (first.returncode, first.stdout) == (75, GREYLIST + "00:00:00\n")
-    assert f"store: dbm.{'gnu' if _gdbm() else 'dumb'} in {store}" in first.stderr
+    assert f"store: dbm.{'gnu' if have_gdbm() else 'dumb'} in {store}" in first.stderr
     second = run("check", "--config", config, "--explain", control)
     assert (second.returncode, second.stdout) == (0, "\n")
     assert "action=pass, reason=passed" in second.stderr
-
-
-def _gdbm():
-    try:
-        import dbm.gnu  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_module_form_and_db_dir(tmp_path):

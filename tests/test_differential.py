@@ -8,14 +8,13 @@ import random
 import re
 
 import pytest
-from helpers import Clock, close_reference, have_gdbm, load_reference, write_config, write_control
+from helpers import DBM_FLAVOURS, Clock, close_reference, load_reference, write_config, write_control
 
 from greylist.filter import GreylistFilter
 from greylist.settings import load_settings
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
 
-FLAVOURS = ["dbm.dumb"] + (["dbm.gnu"] if have_gdbm() else [])
 WAIT = re.compile(r"^451 4\.7\.1 Greylisting in action, please come back in (\d+):(\d\d):(\d\d)$")
 
 
@@ -85,7 +84,7 @@ def random_message(rng: random.Random, path: str) -> None:
     write_control(path, sender, chosen, rng.choice(ips), delivered=delivered)
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", DBM_FLAVOURS)
 @pytest.mark.parametrize("greylist_time", [0, 3600])
 def test_same_decisions_and_same_stores(tmp_path, flavour, greylist_time):
     pair = Pair(tmp_path, flavour, greylist_time)
@@ -108,7 +107,7 @@ def test_same_decisions_and_same_stores(tmp_path, flavour, greylist_time):
         assert stdlib_table(pair.our_dir, table) == stdlib_table(pair.ref_dir, table), table
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", DBM_FLAVOURS)
 def test_upgrade_from_reference_regreylists_nobody(tmp_path, flavour):
     pair = Pair(tmp_path, flavour, 300, shared_dir=True)
     reference = pair.open_reference()
@@ -129,7 +128,7 @@ def test_upgrade_from_reference_regreylists_nobody(tmp_path, flavour):
     pair.store.close()
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", DBM_FLAVOURS)
 def test_rollback_to_reference_regreylists_nobody(tmp_path, flavour):
     pair = Pair(tmp_path, flavour, 300, shared_dir=True)
     ours = pair.open_ours()

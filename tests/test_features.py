@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dbm
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-from helpers import Clock, write_control
+from helpers import Clock, needs_gdbm, write_control
 
 from greylist.filter import GreylistFilter
 from greylist.settings import Settings, SettingsError
@@ -281,37 +283,77 @@ def test_skip_authenticated(env):
     assert g.do_filter("", [env.control(auth_user="alice", sender="other@example.com")]).startswith(GREYLIST)
 
 
-def _smtpaccess(env, text):
-    source = env.dir / "smtpaccess"
-    source.write_text(text)
-    target = env.dir / "smtpaccess.dat"
-    makedat = shutil.which("makedat", path="/usr/lib/courier:/usr/sbin:/usr/bin")
-    if makedat:  # Courier's own tool, as makesmtpaccess runs it
-        subprocess.run([makedat, f"-src={source}", f"-file={target}", f"-tmp={env.dir}/tmp", "-cidr"],
-                       check=True)
-    else:  # the same keys and values, written with this Python's dbm
-        import dbm
-
-        with dbm.open(str(target), "n") as db:
-            for line in text.splitlines():
-                key, value = line.split("\t")
-                db[key] = value
-    return str(target)
+SMTPACCESS = "192.168\tallow,RELAYCLIENT\n203.0.113.9\tallow\n:2001:0db8:0001\tallow,RELAYCLIENT\n"
 
 
-def test_skip_relayclients(env):
-    try:
-        path = _smtpaccess(env, "192.168\tallow,RELAYCLIENT\n203.0.113.9\tallow\n"
-                                ":2001:0db8:0001\tallow,RELAYCLIENT\n")
-        f = env.filter(skip_relayclients=True, smtpaccess_file=path)
-    except SettingsError as error:  # makedat wrote gdbm and this Python has no dbm.gnu
-        assert "python3-gdbm" in str(error)
-        return
+def _smtpaccess(directory, text, name="smtpaccess.dat"):
+    """An smtpaccess database written with this Python's dbm, renamed into place as makedat does."""
+    target = os.path.join(str(directory), name)
+    building = target + ".tmp"
+    with dbm.open(building, "n") as db:
+        for line in text.splitlines():
+            key, value = line.split("\t")
+            db[key] = value
+    for suffix in ("", ".dat", ".dir"):  # one file (gdbm, ndbm) or two (dbm.dumb)
+        if os.path.exists(building + suffix):
+            os.rename(building + suffix, target + suffix)
+    return target
+
+
+def _assert_relayclients(env, f):
     assert f.do_filter("", [env.control(ip="192.168.4.5")]) == ""
     assert "action=whitelist, reason=relayclient" in env.lines[-1]
     assert f.do_filter("", [env.control(ip="2001:db8:1::25")]) == ""
+    assert "action=whitelist, reason=relayclient" in env.lines[-1]
     assert f.do_filter("", [env.control(ip="203.0.113.9")]).startswith(GREYLIST)  # allowed, no relay
     assert f.do_filter("", [env.control(ip="192.169.0.1")]).startswith(GREYLIST)
+
+
+def test_skip_relayclients(env):
+    f = env.filter(skip_relayclients=True, smtpaccess_file=_smtpaccess(env.dir, SMTPACCESS))
+    _assert_relayclients(env, f)
+
+
+def test_skip_relayclients_rereads_a_replaced_database(env):
+    path = _smtpaccess(env.dir, SMTPACCESS)
+    f = env.filter(skip_relayclients=True, smtpaccess_file=path)
+    assert f.do_filter("", [env.control(ip="198.51.100.7")]).startswith(GREYLIST)
+    _smtpaccess(env.dir, SMTPACCESS + "198.51.100\tallow,RELAYCLIENT\n")  # makesmtpaccess ran
+    assert f.do_filter("", [env.control(ip="198.51.100.7")]) == ""
+    assert "action=whitelist, reason=relayclient" in env.lines[-1]
+    os.unlink(path if os.path.exists(path) else path + ".dir")  # mid-replacement: the last copy holds
+    assert f.do_filter("", [env.control(ip="198.51.100.7")]) == ""
+
+
+MAKEDAT = shutil.which("makedat", path="/usr/lib/courier:/usr/sbin:/usr/bin")
+
+
+@pytest.mark.skipif(MAKEDAT is None, reason="Courier's makedat is not installed (Debian: courier-base)")
+@needs_gdbm
+def test_skip_relayclients_reads_what_courier_makedat_wrote(env):
+    source = env.dir / "smtpaccess"
+    source.write_text(SMTPACCESS)
+    target = env.dir / "smtpaccess.dat"
+    subprocess.run([MAKEDAT, f"-src={source}", f"-file={target}", f"-tmp={env.dir}/tmp", "-cidr"],
+                   check=True)
+    _assert_relayclients(env, env.filter(skip_relayclients=True, smtpaccess_file=str(target)))
+
+
+@needs_gdbm
+def test_gdbm_smtpaccess_without_dbm_gnu_says_what_to_install(env):
+    """Courier writes smtpaccess.dat with gdbm: a Python without dbm.gnu must say so, not guess."""
+    import dbm.gnu
+
+    path = str(env.dir / "smtpaccess.dat")
+    with dbm.gnu.open(path, "n") as db:
+        db["192.168"] = "allow,RELAYCLIENT"
+    script = ("import sys; sys.modules['dbm.gnu'] = None\n"
+              "from greylist.relay import SmtpAccess\n"
+              f"SmtpAccess({path!r})\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "greylist.relay.SmtpAccessError: cannot read " + path in result.stderr
+    assert "(install python3-gdbm: Courier writes it with gdbm)" in result.stderr
 
 
 def test_skip_relayclients_without_database_stops_start(env):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from helpers import have_gdbm
+from helpers import needs_gdbm
 
 from greylist.stores import PASSED_TABLE
 from greylist.stores.dbm import DbmStore
 from greylist.stores.gdbm_memory import CACHE_BUCKETS, cache_buckets, is_mapped, unmap
 
-pytestmark = pytest.mark.skipif(not have_gdbm(), reason="this Python has no dbm.gnu")
+pytestmark = needs_gdbm
 
 
 def test_store_reads_its_gdbm_files_unmapped(tmp_path):

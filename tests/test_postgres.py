@@ -10,7 +10,7 @@ import time
 
 import pytest
 from helpers import Clock, close_reference, load_reference, replay_total, write_control
-from pgserver import PostgresServer, from_environment, server_binaries
+from pgserver import write_pg_config
 
 from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import load_settings
@@ -25,42 +25,6 @@ from greylist.stores import (
 psycopg = pytest.importorskip("psycopg")
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
-
-
-@pytest.fixture(scope="session")
-def server():
-    if from_environment():
-        yield None
-        return
-    if server_binaries() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test the PostgreSQL store: install postgresql")
-        pytest.skip("no PostgreSQL server binaries here (apt-get install postgresql)")
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def conninfo(server):
-    info = from_environment() or server.conninfo()
-    with psycopg.connect(host=info["host"], port=info["port"], dbname=info["db"], user=info["user"],
-                         password=info["password"], autocommit=True) as conn:
-        # Connections a previous test left open would hold their table locks.
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        conn.execute("SET lock_timeout = '10s'")
-        for table in (PASSED_TABLE, NOT_PASSED_TABLE, AUTO_WHITELIST_TABLE):
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
-    return info
-
-
-def write_pg_config(path, info, **greylist_settings):
-    lines = ["[greylist.py]"] + [f"{k} = {v!r}" for k, v in greylist_settings.items()]
-    lines += ["[ttldb]", "type = 'psycopg2'"] + [f"{k} = {v!r}" for k, v in info.items()]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return str(path)
 
 
 def sql(info, statement, *params):
@@ -133,17 +97,18 @@ def test_upgrade_and_rollback_with_reference_tables(tmp_path, conninfo):
 
 
 def test_hosts_racing_greylist_each_triplet_exactly_once(tmp_path, conninfo):
-    """4 processes x 4 threads replay the same 30 triplets: exactly 30 greylistings."""
+    """4 processes x 4 threads decide the same 300 triplets at the same moments: 300 greylistings."""
     config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=0)
     open_store(load_settings([config])).close()  # the tables exist before the race
     paths = [write_control(str(tmp_path / f"C{n}"), f"s{n % 7}@example.com", [f"r{n}@example.net"],
-                           f"198.51.100.{n}") for n in range(30)]
-    procs = [subprocess.Popen([sys.executable, WORKERS, "replay_config", config, "4", str(seed), *paths],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in range(4)]
+                           f"198.51.100.{n % 250}") for n in range(300)]
+    procs = [subprocess.Popen([sys.executable, WORKERS, "replay_config", config, "4", *paths],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for _ in range(4)]
     total = replay_total(procs)
-    assert total == 30
-    assert sql(conninfo, f"SELECT count(*) FROM {PASSED_TABLE}") == [(30,)]
+    assert total == 300
+    assert sql(conninfo, f"SELECT count(*) FROM {PASSED_TABLE}") == [(300,)]
 
 
 def test_server_restart_mid_run(tmp_path, conninfo, server):

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import dbm
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
-from helpers import have_gdbm, replay_total, write_control
+from helpers import DBM_FLAVOURS, needs_gdbm, replay_total, write_control
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
 from greylist.stores.dbm import LOCK_NAME, DbmStore
 
-FLAVOURS = ["dbm.dumb"] + (["dbm.gnu"] if have_gdbm() else [])
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
 
 
-@pytest.fixture(params=FLAVOURS)
+@pytest.fixture(params=DBM_FLAVOURS)
 def flavour(request):
     return request.param
 
@@ -147,13 +148,48 @@ def test_files_are_private_and_lock_symlink_refused(tmp_path, flavour):
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_missing_or_unwritable_directory(tmp_path):
+def test_missing_directory(tmp_path):
     with pytest.raises(StoreOpenError, match=f"{tmp_path}/nope does not exist"):
         DbmStore(str(tmp_path / "nope"))
+
+
+def test_unwritable_directory(tmp_path):
+    """Root writes anywhere, so as root the store is opened in a forked child that became nobody."""
     if os.geteuid() != 0:
         tmp_path.chmod(0o500)
         with pytest.raises(StoreOpenError, match="not writable"):
             DbmStore(str(tmp_path))
+        return
+    store_dir = tempfile.mkdtemp(prefix="greylist-unwritable-")  # reachable by nobody, writable by root
+    try:
+        os.chmod(store_dir, 0o755)
+        assert _as_nobody(lambda: DbmStore(store_dir)) == \
+            f"StoreOpenError: store directory {store_dir} is not writable by uid 65534"
+        assert os.listdir(store_dir) == []
+    finally:
+        shutil.rmtree(store_dir)
+
+
+def _as_nobody(action) -> str:
+    """Run ``action`` in a forked child as uid/gid 65534; what it raised, as 'Type: message'."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            action()
+            outcome = "no exception"
+        except BaseException as error:
+            outcome = f"{type(error).__name__}: {error}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
 
 
 def test_corrupt_file_gives_clear_error(tmp_path):
@@ -207,26 +243,26 @@ def test_readonly_store_does_not_write(tmp_path, flavour):
 
 
 def test_processes_and_threads_greylist_each_triplet_exactly_once(tmp_path, flavour):
-    """3 processes x 4 threads replay the same 200 triplets: exactly 200 greylistings."""
+    """3 processes x 4 threads decide the same 600 triplets at the same moments: 600 greylistings."""
     controls = tmp_path / "controls"
     controls.mkdir()
     paths = [
         write_control(str(controls / f"C{n}"), f"sender{n % 17}@example.com",
                       [f"rcpt{n}@example.net"], f"198.51.{n % 5}.{n % 250}")
-        for n in range(200)
+        for n in range(600)
     ]
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     DbmStore(str(store_dir), flavour=flavour).close()
     procs = [
-        subprocess.Popen([sys.executable, WORKERS, "replay", str(store_dir), flavour, "4", str(seed),
-                          *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for seed in range(3)
+        subprocess.Popen([sys.executable, WORKERS, "replay", str(store_dir), flavour, "4", *paths],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
     ]
     total = replay_total(procs)
-    assert total == 200
+    assert total == 600
     with dbm.open(str(store_dir / PASSED_TABLE), "r") as passed:
-        assert len(passed) == 200
+        assert len(passed) == 600
     with dbm.open(str(store_dir / NOT_PASSED_TABLE), "r") as not_passed:
         assert len(not_passed) == 0
 
@@ -294,7 +330,7 @@ def test_nested_use_in_one_thread_fails_instead_of_deadlocking(tmp_path):
     store.close()
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 def test_gdbm_store_left_by_a_dead_writer_is_checked_and_keeps_working(tmp_path):
     store = DbmStore(str(tmp_path), flavour="dbm.gnu")
     with store.transaction() as tx:
@@ -318,7 +354,7 @@ def test_gdbm_store_left_by_a_dead_writer_is_checked_and_keeps_working(tmp_path)
         assert len(db.keys()) == 3001
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 @pytest.mark.parametrize("in_process", [True, False])
 def test_gdbm_file_is_never_written_in_place(tmp_path, monkeypatch, in_process):
     """Changes go to the journal; the gdbm file is replaced whole by a fold (purge, close)."""
@@ -353,7 +389,7 @@ def test_gdbm_file_is_never_written_in_place(tmp_path, monkeypatch, in_process):
     store.close()
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 @pytest.mark.parametrize("in_process", [True, False])
 def test_a_fold_keeps_what_mail_wrote_while_it_copied(tmp_path, monkeypatch, in_process):
     """Changes made during the copy are caught up outside the lock, the last few under it."""
@@ -405,7 +441,7 @@ def test_a_fold_keeps_what_mail_wrote_while_it_copied(tmp_path, monkeypatch, in_
     folding.close()
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 def test_gdbm_fold_without_a_child_process(tmp_path, monkeypatch):
     """Where no interpreter can be started (embedded Python), the copy runs in this process."""
     store = DbmStore(str(tmp_path), flavour="dbm.gnu")
@@ -420,7 +456,7 @@ def test_gdbm_fold_without_a_child_process(tmp_path, monkeypatch):
     store.close()
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 def test_a_busy_journal_is_folded_before_the_purge_is_due(tmp_path, monkeypatch):
     """Between two purges a busy server folds when the journal's overlay grows large."""
     from helpers import Clock
@@ -478,7 +514,7 @@ def test_journal_keeps_every_whole_block_and_nothing_torn(blocks, cut, garbage):
     assert offset >= whole_before_cut  # every block written whole counts
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 def test_gdbm_prefetch_outside_the_lock_never_answers_for_a_replaced_file(tmp_path):
     writer = DbmStore(str(tmp_path), flavour="dbm.gnu")
     reader = DbmStore(str(tmp_path), flavour="dbm.gnu")  # another process, as far as the files go
@@ -508,7 +544,7 @@ def test_gdbm_prefetch_outside_the_lock_never_answers_for_a_replaced_file(tmp_pa
     reader.close()
 
 
-@pytest.mark.skipif("dbm.gnu" not in FLAVOURS, reason="this Python has no dbm.gnu")
+@needs_gdbm
 def test_a_fold_that_was_not_counted_is_still_seen(tmp_path, monkeypatch):
     """An older version of this package replaces gdbm files without counting the fold in the lock."""
     writer = DbmStore(str(tmp_path), flavour="dbm.gnu")

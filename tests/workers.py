@@ -15,28 +15,35 @@ from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, open_store  # noqa: 
 from greylist.stores.dbm import DbmStore  # noqa: E402
 
 
-def replay(directory: str, flavour: str, threads: int, seed: int, *control_paths: str) -> None:
-    """Each thread decides every control file once, in its own random order."""
+def replay(directory: str, flavour: str, threads: int, *control_paths: str) -> None:
+    """Each thread decides every control file once, all in the same order, all starting together."""
     settings = Settings(greylist_time=0, db_dir=directory)
-    _replay(settings, DbmStore(directory, flavour=flavour), threads, seed, control_paths)
+    _replay(settings, DbmStore(directory, flavour=flavour), threads, control_paths)
 
 
-def replay_config(config: str, threads: int, seed: int, *control_paths: str) -> None:
+def replay_config(config: str, threads: int, *control_paths: str) -> None:
     """The same, on the store a configuration file names (PostgreSQL)."""
     settings = load_settings([config])
-    _replay(settings, open_store(settings), threads, seed, control_paths)
+    _replay(settings, open_store(settings), threads, control_paths)
 
 
-def _replay(settings, store, threads, seed, control_paths) -> None:
+def _replay(settings, store, threads, control_paths) -> None:
+    """Print how many decisions greylisted, how many failed, and the first failures.
+
+    The threads start when a line arrives on stdin (after this process printed
+    ``ready``), so that every worker of every process decides the same triplet
+    at about the same time: without exclusion, two of them would both see it
+    as new and both greylist it.
+    """
     greylist = GreylistFilter(settings, store, log=lambda line: None, purge="never")
     counts = []
     errors = []
+    go = threading.Event()
 
-    def run(thread_seed: int) -> None:
-        order = list(control_paths)
-        random.Random(thread_seed).shuffle(order)
+    def run() -> None:
+        go.wait()
         greylisted = 0
-        for path in order:
+        for path in control_paths:
             try:
                 reply = greylist.do_filter("", [path])
             except BaseException as error:  # must never happen
@@ -48,9 +55,12 @@ def _replay(settings, store, threads, seed, control_paths) -> None:
                 errors.append(reply)
         counts.append(greylisted)
 
-    workers = [threading.Thread(target=run, args=(int(seed) * 100 + n,)) for n in range(int(threads))]
+    workers = [threading.Thread(target=run) for _ in range(int(threads))]
     for worker in workers:
         worker.start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    go.set()
     for worker in workers:
         worker.join()
     store.close()
