@@ -179,6 +179,21 @@ def test_auto_whitelist_after_passes_until_silent(env):
     assert f.do_filter("", [env.control(sender="new2@example.org", ip="192.0.2.5")]).startswith(GREYLIST)
 
 
+@pytest.mark.parametrize("ipv6_prefix, network, inside, outside", [
+    (48, "2001:db8:1::/48", "2001:db8:1:ffff::9", "2001:db8:2::1"),
+    (64, "2001:db8:1::/64", "2001:db8:1:0:ffff::9", "2001:db8:1:1::1"),
+])
+def test_auto_whitelist_of_ipv6_clients_covers_ipv6_prefix_only(env, ipv6_prefix, network, inside, outside):
+    f = env.filter(auto_whitelist_clients=1, greylist_time=0, ipv6_prefix=ipv6_prefix)
+    path = env.control(ip="2001:db8:1::1")
+    assert f.do_filter("", [path]).startswith(GREYLIST)
+    assert f.do_filter("", [path]) == ""
+    assert [(key, count) for key, _, count in env.store.counted_items(AUTO_WHITELIST_TABLE)] == [(network, 1)]
+    assert f.do_filter("", [env.control(sender="new@example.org", ip=inside)]) == ""
+    assert "action=whitelist, reason=auto-whitelisted" in env.lines[-1]
+    assert f.do_filter("", [env.control(sender="new@example.org", ip=outside)]).startswith(GREYLIST)
+
+
 def test_auto_whitelist_counts_different_triplets_only(env):
     f = env.filter(auto_whitelist_clients=2, greylist_time=0)
     path = env.control()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from helpers import Clock, write_control
 
 from greylist.filter import INTERNAL_FAILURE_REPLY, STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import Settings
-from greylist.stores import NOT_PASSED_TABLE
+from greylist.stores import NOT_PASSED_TABLE, StoreError
 from greylist.stores.dbm import DbmStore
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
@@ -22,12 +24,12 @@ def env(tmp_path):
         lines: list = []
         store_dir = tmp_path / "store"
 
-        def filter(self, **overrides):
+        def filter(self, purge="inline", **overrides):
             self.store_dir.mkdir(exist_ok=True)
             settings = Settings(db_dir=str(self.store_dir), **overrides)
             self.store = DbmStore(str(self.store_dir))
             return GreylistFilter(settings, self.store, clock=self.clock, log=self.lines.append,
-                                  purge="inline")
+                                  purge=purge)
 
         def control(self, name="C1", **kwargs):
             return write_control(str(tmp_path / name), **kwargs)
@@ -212,3 +214,68 @@ def test_purge_runs_once_per_interval_and_drops_expired(env):
     env.clock.advance(86400 - 10)
     f.do_filter("", [env.control("C3", sender="third@example.org")])  # due again
     assert len(list(env.store.items(NOT_PASSED_TABLE))) == 2  # the 3-day-old entry went
+
+
+def test_a_pending_entry_expires_after_its_own_ttl_purged_or_not(env):
+    """senders_not_passed_ttl bounds a first attempt, whether or not a purge has run since."""
+    f = env.filter(purge="never")
+    path = env.control()
+    assert f.do_filter("", [path]) == GREYLIST + "00:05:00"
+    env.clock.advance(86400 + 1)  # a day and a second: far short of senders_passed_ttl
+    assert f.do_filter("", [path]) == GREYLIST + "00:05:00"
+    assert "action=greylist, reason=new" in env.lines[-1]
+
+
+def test_ttl_boundaries_are_the_references(env):
+    """An entry exactly as old as its TTL still counts (the reference purges only older ones)."""
+    env.clock.now = 1_790_000_000.0
+    f = env.filter(purge="never", senders_not_passed_ttl=1000, senders_passed_ttl=5000)
+    pending = env.control("P", sender="pending@example.com")
+    known = env.control("K", sender="known@example.com")
+    assert f.do_filter("", [pending]).startswith(GREYLIST)
+    assert f.do_filter("", [known]).startswith(GREYLIST)
+    env.clock.advance(1000)  # exactly senders_not_passed_ttl
+    assert f.do_filter("", [known]) == ""
+    assert "action=pass, reason=passed" in env.lines[-1]
+    env.clock.advance(1)
+    assert f.do_filter("", [pending]) == GREYLIST + "00:05:00"
+    assert "action=greylist, reason=new" in env.lines[-1]
+    env.clock.advance(5000 - 1)  # exactly senders_passed_ttl since known passed
+    assert f.do_filter("", [known]) == ""
+    assert "action=pass, reason=known" in env.lines[-1]
+    env.clock.advance(5001)
+    assert f.do_filter("", [known]) == GREYLIST + "00:05:00"
+    assert "action=greylist, reason=new" in env.lines[-1]
+
+
+@pytest.mark.parametrize("ipv6_prefix, same, other", [
+    (48, "2001:db8:1:ffff::9", "2001:db8:2::1"),  # the reference's three hextets
+    (64, "2001:db8:1:0:ffff::9", "2001:db8:1:1::1"),
+])
+def test_ipv6_clients_share_a_triplet_within_ipv6_prefix_only(env, ipv6_prefix, same, other):
+    f = env.filter(ipv6_prefix=ipv6_prefix)
+    assert f.do_filter("", [env.control(ip="2001:db8:1::1")]).startswith(GREYLIST)
+    env.clock.advance(301)
+    assert f.do_filter("", [env.control(ip=other)]) == GREYLIST + "00:05:00"
+    assert "action=greylist, reason=new" in env.lines[-1]
+    assert f.do_filter("", [env.control(ip=same)]) == ""
+    assert "action=pass, reason=passed" in env.lines[-1]
+
+
+def test_ipv6_triplet_keys_are_the_references(env):
+    f = env.filter()
+    key = f.triplet_keys("alice@example.com", ["bob@example.net"], ipaddress.ip_address("2001:db8:1::1"))
+    assert key == [hashlib.md5(b"alice@example.combob@example.net2001:0db8:0001").hexdigest()]
+
+
+def test_a_failed_purge_is_logged_and_mail_still_decided(env):
+    f = env.filter()
+
+    def full_disk(table, older_than, progress=None):
+        raise StoreError(f"purge of {table}: [Errno 28] No space left on device")
+
+    env.store.purge = full_disk
+    assert f.do_filter("", [env.control()]).startswith(GREYLIST)
+    assert env.lines[0].startswith("greylist: purge failed: ")
+    assert "No space left on device" in env.lines[0].replace("\\x20", " ")
+    assert "action=greylist, reason=new" in env.lines[1]
