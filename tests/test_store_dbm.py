@@ -586,3 +586,121 @@ def test_a_fold_that_was_not_counted_is_still_seen(tmp_path, monkeypatch):
         store.close()
     everything = set(expected) | {"c"} | {f"d{i}" for i in range(8)}
     assert everything <= set(stdlib_contents(str(tmp_path), PASSED_TABLE))
+
+
+def test_one_purge_per_interval_among_all_processes(tmp_path, flavour):
+    """Handles (processes) on one store claim the purge in turn: one of them per interval."""
+    first = DbmStore(str(tmp_path), flavour=flavour)
+    second = DbmStore(str(tmp_path))
+    now = 1_790_000_000.0
+    assert first.claim_purge(now, 7200)
+    assert not second.claim_purge(now + 1, 7200)
+    assert not first.claim_purge(now + 7199, 7200)
+    assert second.claim_purge(now + 7200, 7200)
+    assert not first.claim_purge(now + 7201, 7200)
+    assert first.claim_purge(now - 60, 7200)  # the clock was stepped back: claim afresh
+    first.close()
+    second.close()
+
+
+def _expired_entries(store, count):
+    keys = [f"{n:032x}" for n in range(count)]
+    with store.transaction() as tx:
+        for key in keys:
+            tx.set(PASSED_TABLE, key, 1_000)
+    store.compact()  # in the files themselves (gdbm: out of the journal)
+    return keys
+
+
+def test_a_purge_waits_while_another_process_holds_the_lock(tmp_path, flavour):
+    """Before it starts and between two of its steps, a purge waits for another holder of the lock."""
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    keys = _expired_entries(store, 20_000)  # gdbm reports progress every 16,384 entries copied
+    holder = DbmStore(str(tmp_path))
+    progress, removed = [], []
+    hold_now, held, let_go = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        hold_now.wait()
+        with holder.transaction() as tx:
+            held.set()
+            let_go.wait(60)
+            assert all(tx.get(PASSED_TABLE, key) == 1_000 for key in keys)  # nothing removed meanwhile
+
+    def report(examined):
+        progress.append(examined)
+        if len(progress) == 1:  # the purge is under way: another process takes the lock now
+            hold_now.set()
+            assert held.wait(60)
+
+    holding = threading.Thread(target=hold)
+    purger = threading.Thread(target=lambda: removed.append(
+        store.purge(PASSED_TABLE, older_than=2_000, progress=report)))
+    with holder.transaction():
+        purger.start()
+        purger.join(0.5)
+        assert purger.is_alive() and progress == []  # not even started
+    holding.start()
+    assert held.wait(60)
+    purger.join(0.5)
+    assert purger.is_alive() and len(progress) == 1  # no step further while the lock is held
+    let_go.set()
+    holding.join(60)
+    purger.join(60)
+    assert list(holder.items(PASSED_TABLE)) == []
+    holder.close()
+    store.close()
+
+
+def test_a_purge_keeps_entries_that_mail_refreshed_while_it_ran(tmp_path, flavour):
+    """Refreshed after the purge saw them expired: the purge must look again before it removes."""
+    store = DbmStore(str(tmp_path), flavour=flavour)
+    keys = _expired_entries(store, 20_000)  # gdbm reports progress every 16,384 entries copied
+    mail = DbmStore(str(tmp_path))
+    refreshed = []
+
+    def mail_refreshes(examined):
+        if not refreshed:
+            with mail.transaction() as tx:
+                for key in keys:
+                    tx.set(PASSED_TABLE, key, 5_000)
+            refreshed.append(examined)
+
+    store.purge(PASSED_TABLE, older_than=2_000, progress=mail_refreshes)
+    assert refreshed and refreshed[0] < len(keys)  # mail came while the purge was under way
+    assert dict(mail.items(PASSED_TABLE)) == dict.fromkeys(keys, 5_000)
+    mail.close()
+    store.close()
+    assert stdlib_contents(str(tmp_path), PASSED_TABLE) == dict.fromkeys(keys, "5000")
+
+
+def test_dumb_key_deleted_and_written_again_during_a_compaction_is_kept(tmp_path, monkeypatch):
+    """The compaction drops deleted keys from a snapshot; one written again meanwhile stays."""
+    store = DbmStore(str(tmp_path), flavour="dbm.dumb")
+    mail = DbmStore(str(tmp_path))
+    keys = [f"{n:032x}" for n in range(600)]
+    with store.transaction() as tx:
+        for key in keys:
+            tx.set(PASSED_TABLE, key, 1_790_000_000)
+    with store.transaction() as tx:
+        for key in keys[:300]:
+            tx.delete(PASSED_TABLE, key)
+    holds = []
+    locked = store.locked
+
+    def mail_between_the_holds():
+        holds.append(len(holds))
+        if len(holds) == 2:  # after the compaction's snapshot, before its switch
+            with mail.transaction() as tx:
+                for key in keys[:300]:
+                    tx.set(PASSED_TABLE, key, 1_790_000_001)
+        return locked()
+
+    monkeypatch.setattr(store, "locked", mail_between_the_holds)
+    store.compact()
+    assert len(holds) >= 2
+    expected = {key: 1_790_000_000 for key in keys[300:]} | dict.fromkeys(keys[:300], 1_790_000_001)
+    assert dict(mail.items(PASSED_TABLE)) == expected
+    mail.close()
+    store.close()
+    assert stdlib_contents(str(tmp_path), PASSED_TABLE) == {k: str(v) for k, v in expected.items()}
