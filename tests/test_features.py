@@ -343,9 +343,12 @@ def test_skip_relayclients_rereads_a_replaced_database(env):
 MAKEDAT = shutil.which("makedat", path="/usr/lib/courier:/usr/sbin:/usr/bin")
 
 
-@pytest.mark.skipif(MAKEDAT is None, reason="Courier's makedat is not installed (Debian: courier-base)")
 @needs_gdbm
 def test_skip_relayclients_reads_what_courier_makedat_wrote(env):
+    if MAKEDAT is None:
+        if os.environ.get("GREYLIST_TEST_COURIER") == "required":  # .ci/run, once Courier is installed
+            pytest.fail("Courier's makedat is not installed")
+        pytest.skip("Courier's makedat is not installed (Debian: courier-base)")
     source = env.dir / "smtpaccess"
     source.write_text(SMTPACCESS)
     target = env.dir / "smtpaccess.dat"
