@@ -70,9 +70,9 @@ def _replay(settings, store, threads, control_paths) -> None:
 def crash_writer(directory: str, flavour: str, seed: str) -> None:
     """Write forever, acknowledging each committed change on stdout; the test kills us."""
     if int(seed) % 2:  # every other round, gdbm folds run in a child process, as for large files
-        import greylist.stores.dbm
+        from greylist.stores.dbm import fold_copy
 
-        greylist.stores.dbm._FOLD_IN_PROCESS = 0
+        fold_copy.IN_PROCESS_BELOW = 0
     store = DbmStore(directory, flavour=flavour)
     rng = random.Random(int(seed))
     pending = []

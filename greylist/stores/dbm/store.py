@@ -1,0 +1,421 @@
+"""The dbm store: the reference's two files in one directory, under one lock.
+
+How a message's transaction reads and writes (``_DbmTransaction``):
+
+1. ``_enter``: take the lock (``lock.py``); if the lock file's generation
+   moved, another process wrote: each table reads what it appended (and,
+   when the fold count moved, whether its file was replaced); if the dirty
+   mark is set, a writer died mid-write: every table is read afresh.
+2. ``get``/``set``/``delete`` on the tables; the first write of the hold
+   bumps the generation and sets the dirty mark.
+3. ``_exit``: a hold that wrote makes each table's changes durable (gdbm:
+   one journal write; dbm.dumb wrote as it went), in the order of TABLES, so
+   that a message that passes is in greylist_Passed before it leaves
+   greylist_NotPassed; then clears the dirty mark and lets go of the lock.
+   When a table fails, the changes not yet written are forgotten, and the
+   message gets the store-failure reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dbm
+import os
+import stat
+import threading
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+from .. import (
+    AUTO_WHITELIST_TABLE,
+    TABLES,
+    Store,
+    StoreError,
+    StoreOpenError,
+    Transaction,
+    format_counted,
+    format_timestamp,
+    parse_counted,
+    parse_timestamp,
+)
+from .dumb_table import DumbTable
+from .gdbm_table import GdbmTable, gdbm_module
+from .lock import LOCK_NAME, StoreLock
+from .purge import KeyList
+from .tables import GenericTable, Table
+
+_BATCH = 256  # keys a purge removes per hold of the lock (well under a millisecond)
+_FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
+_CLOSE_WAITS = 30.0  # seconds close() waits for a running purge or fold to stop
+
+
+def preferred_flavour() -> str:
+    """The flavour stdlib dbm.open(path, 'c') creates on this interpreter."""
+    if gdbm_module() is not None:
+        return "dbm.gnu"
+    try:
+        import dbm.ndbm  # noqa: F401
+    except ImportError:
+        return "dbm.dumb"
+    return "dbm.ndbm"
+
+
+class _DbmTransaction(Transaction):
+    """One message's reads and writes; a context manager holding the store lock."""
+
+    __slots__ = ("_store", "_tables")
+
+    def __init__(self, store: DbmStore) -> None:
+        self._store = store
+        self._tables = store._tables
+
+    def __enter__(self) -> _DbmTransaction:
+        try:
+            self._store._enter()
+        except OSError as error:
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self._store._exit(failed=error is not None)
+        except OSError as exit_error:
+            if error is None:
+                raise StoreError(f"store in {self._store.directory}: {exit_error}") from exit_error
+        if isinstance(error, OSError):
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
+
+    def get(self, table: str, key: str) -> Optional[float]:
+        return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
+
+    def set(self, table: str, key: str, timestamp: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_timestamp(timestamp))
+
+    def delete(self, table: str, key: str) -> None:
+        self._store.note_write()
+        self._tables[table].delete(key.encode("latin-1"))
+
+    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
+        return parse_counted(self._tables[table].get(key.encode("latin-1")))
+
+    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_counted(timestamp, count))
+
+
+class DbmStore(Store):
+    """The two reference dbm files in one directory, under one lock."""
+
+    def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None,
+                 auto_whitelist: bool = False) -> None:
+        """Open (creating if needed) the store in ``directory``.
+
+        ``flavour`` chooses the dbm flavour of files that do not exist yet;
+        by default it is the one stdlib ``dbm.open`` would create.  The
+        auto-whitelist table is opened when ``auto_whitelist`` asks for it
+        or when its file exists already (so the admin commands see it).
+        """
+        self.directory = directory
+        self.readonly = readonly
+        self._new_flavour = flavour or preferred_flavour()
+        try:
+            mode = os.stat(directory).st_mode
+        except FileNotFoundError:
+            raise StoreOpenError(f"store directory {directory} does not exist "
+                                 f"(create it, owned by Courier's mail user)") from None
+        except OSError as error:
+            raise StoreOpenError(f"cannot reach store directory {directory}: {error.strerror} "
+                                 f"(uid {os.geteuid()})") from None
+        if not stat.S_ISDIR(mode):
+            raise StoreOpenError(f"store directory {directory} is not a directory")
+        if not readonly and not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreOpenError(f"store directory {directory} is not writable "
+                                 f"by uid {os.geteuid()}")
+        self._tables: dict = {}
+        self.tables = TABLES
+        if auto_whitelist or dbm.whichdb(os.path.join(directory, AUTO_WHITELIST_TABLE)):
+            self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
+        # The lock's generation and fold count as this process last saw them.
+        self._generation = -1
+        self._folds = -1
+        self._wrote = False
+        # Set when a hold may have replaced an open gdbm file: its old
+        # descriptor is then closed after the lock is let go.
+        self._files_replaced = False
+        self.fold_on_close = True
+        # Purges, compactions and folds take turns, and close() waits for them.
+        self._maintenance = threading.Lock()
+        self.closing = threading.Event()
+        self._lock = StoreLock(os.path.join(directory, LOCK_NAME), readonly)
+        try:
+            # A large dbm.dumb index is read before taking the lock, so that a
+            # second process starting up does not hold up the mail of the first.
+            for name in self.tables:
+                base = os.path.join(directory, name)
+                if dbm.whichdb(base) == "dbm.dumb":
+                    self._tables[name] = DumbTable(base, readonly, locked=False)
+            with self._lock.held():
+                for name in self.tables:
+                    if name in self._tables:
+                        self._tables[name].refresh()  # what was written meanwhile; a torn line
+                    else:
+                        self._tables[name] = self._open_table(os.path.join(directory, name))
+                self._generation, _, self._folds = self._lock.read_state()
+            self._tables = {name: self._tables[name] for name in self.tables}  # TABLES' order
+        except OSError as error:
+            self._close_files()
+            raise StoreOpenError(f"cannot open store in {directory}: {error}") from None
+        except StoreOpenError:
+            self._close_files()
+            raise
+        self._opened_per_hold = [t for t in self._tables.values() if isinstance(t, GenericTable)]
+        flavours = sorted({table.flavour for table in self._tables.values()})
+        self.description = f"{'/'.join(flavours)} in {directory}"
+
+    def _open_table(self, base: str) -> Table:
+        flavour = dbm.whichdb(base)
+        if flavour is None:
+            if self.readonly:
+                raise StoreOpenError(f"no store at {base}")
+            flavour = self._new_flavour
+        if flavour == "":
+            raise StoreOpenError(f"{base} is not a dbm file this Python can read")
+        if flavour == "dbm.gnu":
+            if gdbm_module() is None:
+                raise StoreOpenError(f"{base} is a gdbm file, but this Python has no dbm.gnu "
+                                     f"(install python3-gdbm)")
+            return GdbmTable(base, self.readonly)
+        if flavour == "dbm.dumb":
+            return DumbTable(base, self.readonly)
+        return GenericTable(base, self.readonly, flavour)
+
+    # holding the lock
+
+    def _enter(self, check_files: bool = False) -> None:
+        """Take the lock and make every table current (another process may have written).
+
+        ``check_files``: look whether each file was replaced even if the fold
+        count says not (a fold must never work from a replaced file).
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            generation, dirty, folds = lock.read_state()
+            if generation != self._generation or check_files:
+                self._files_replaced = True
+                replaced = check_files or folds != self._folds
+                for table in self._tables.values():
+                    table.refresh(replaced)
+                self._generation, self._folds = generation, folds
+            if dirty and not self.readonly:
+                self._files_replaced = True
+                self._recover()
+            self._wrote = False
+            for table in self._opened_per_hold:
+                table.begin()
+        except BaseException:
+            lock.release()
+            raise
+
+    def _exit(self, failed: bool = False) -> None:
+        # This runs for every message: only a hold that wrote has changes to
+        # flush (every write goes through note_write first).
+        try:
+            if self._wrote and not failed:
+                self._end_tables()
+                self._lock.end_write()
+            elif self._wrote:
+                for table in self._tables.values():
+                    table.discard()
+            else:
+                for table in self._opened_per_hold:
+                    table.end()
+        finally:
+            self._lock.release()
+        if self._files_replaced:
+            self._files_replaced = False
+            for table in self._tables.values():
+                if getattr(table, "retired", None):
+                    table.close_retired()
+
+    def _end_tables(self) -> None:
+        """Each table's changes made durable, in TABLES' order; on a failure the rest are dropped."""
+        tables = list(self._tables.values())
+        for done, table in enumerate(tables):
+            try:
+                table.end()
+            except BaseException:
+                for later in tables[done + 1:]:
+                    later.discard()
+                raise
+
+    def _recover(self) -> None:
+        """A writer died while applying its changes: read every table afresh."""
+        self.note_write()
+        for table in self._tables.values():
+            table.recover()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lock with every table current (for purges and compactions)."""
+        self._enter(check_files=True)
+        self._files_replaced = True  # a fold replaces files under this hold
+        try:
+            yield
+        finally:
+            self._exit()
+
+    def count_fold(self) -> None:
+        """A file was replaced (under the lock): other processes must look at theirs."""
+        self._lock.count_fold()
+        self._folds = self._lock.read_state()[2]
+
+    def note_write(self) -> None:
+        """Called before the first write of a lock hold: tell other processes."""
+        if not self._wrote:
+            self._wrote = True
+            self._generation = self._lock.begin_write()
+
+    # the Store interface
+
+    def transaction(self) -> _DbmTransaction:
+        return _DbmTransaction(self)
+
+    def prefetch(self, table: str, keys: Sequence[str]) -> None:
+        opened = self._tables.get(table)
+        if opened is not None:
+            opened.prefetch([key.encode("latin-1") for key in keys])
+
+    def claim_purge(self, now: float, interval: float) -> bool:
+        if self.readonly:
+            return False
+        with self._lock.held():
+            last_purge = self._lock.last_purge()
+            if last_purge <= now < last_purge + interval:
+                return False
+            self._lock.set_last_purge(now)
+            return True
+
+    def purge(self, table: str, older_than: float,
+              progress: Optional[Callable[[int], None]] = None) -> int:
+        if self.readonly:
+            raise StoreError(f"store in {self.directory} is open read-only; cannot purge")
+        try:
+            with self._maintenance:
+                if self.closing.is_set():
+                    return 0
+                opened = self._tables[table]
+                if isinstance(opened, GdbmTable):  # a new file without the expired entries
+                    return opened.fold(self, older_than=older_than, progress=progress)
+                removed = self._remove_expired(table, older_than, progress)
+                opened.compact(self)
+                return removed
+        except OSError as error:  # gdbm's errors are OSErrors too
+            raise StoreError(f"purge of {table} in {self.directory}: {error}") from error
+
+    def _remove_expired(self, table: str, older_than: float,
+                        progress: Optional[Callable[[int], None]]) -> int:
+        """First find the expired keys, then delete them in batches, letting mail in between
+        (a walk should not run into its own deletions); each is checked again when deleted."""
+        def expired(raw: bytes) -> bool:
+            stamp = parse_timestamp(raw)
+            return stamp is None or stamp < older_than
+
+        candidates = KeyList()
+        examined = removed = 0
+        for rows in self._walk(table):
+            for key, raw in rows:
+                if raw is not None and expired(raw):
+                    candidates.append(key)
+            examined += len(rows)
+            if progress is not None:
+                progress(examined)
+        for chunk in candidates.chunks(_BATCH):
+            if self.closing.is_set():
+                break
+            with self.locked():
+                db = self._tables[table]
+                for key in chunk:
+                    raw = db.get(key)
+                    if raw is not None and expired(raw):  # still, after the walk
+                        self.note_write()
+                        db.delete(key)
+                        removed += 1
+            self._lock.let_others_in()
+        return removed
+
+    def _walk(self, table: str) -> Iterator[list]:
+        """Every (key, raw value) of a table, a batch per hold of the lock."""
+        with self.locked():
+            next_keys = self._tables[table].scanner()
+        while not self.closing.is_set():
+            with self.locked():
+                db = self._tables[table]
+                batch = next_keys()
+                if batch is None:
+                    return
+                rows = [(key, db.get(key)) for key in batch]
+            yield rows
+            self._lock.let_others_in()
+
+    def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
+        for rows in self._walk(table):
+            for key, raw in rows:
+                if raw is not None:
+                    yield key.decode("latin-1"), parse_timestamp(raw)
+
+    def counted_items(self, table: str) -> Iterator[Tuple[str, float, int]]:
+        for rows in self._walk(table):
+            for key, raw in rows:
+                counted = parse_counted(raw)
+                if counted is not None:
+                    yield key.decode("latin-1"), counted[0], counted[1]
+
+    def wants_compaction(self) -> bool:
+        """True when a gdbm journal holds so many changes that its overlay costs real memory."""
+        return any(getattr(table, "pending", 0) > _FOLD_AFTER for table in self._tables.values())
+
+    def compact(self) -> None:
+        """Tidy the files now (gdbm: fold the journals; dbm.dumb: drop deleted keys from the index)."""
+        if self.readonly:
+            return
+        try:
+            with self._maintenance:
+                for table in self._tables.values():
+                    table.compact(self)
+        except OSError as error:  # gdbm's errors are OSErrors too
+            raise StoreError(f"tidying the store in {self.directory}: {error}") from error
+
+    def close(self) -> None:
+        """Stop a running purge or fold (waiting for it, bounded), tidy the files, close them.
+
+        Tidying folds the gdbm journals into their files (what the reference
+        and stdlib readers see) and compacts dbm.dumb indexes, unless
+        ``fold_on_close`` is off: one-shot commands turn it off, since on a
+        large store it takes seconds and the filter's next purge does it anyway.
+        Raises StoreError when the tidying fails (the files are closed all the same).
+        """
+        self.closing.set()
+        stopped = self._maintenance.acquire(timeout=_CLOSE_WAITS)
+        try:
+            if stopped and self._tables and not self.readonly and self.fold_on_close:
+                self.closing.clear()  # this fold is the one that must run to its end
+                try:
+                    for table in self._tables.values():
+                        table.compact(self)
+                except OSError as error:  # gdbm's errors are OSErrors too
+                    raise StoreError(f"tidying the store in {self.directory} at close: {error}") from error
+                finally:
+                    self.closing.set()
+        finally:
+            if stopped:
+                self._maintenance.release()
+            self._close_files()
+
+    def _close_files(self) -> None:
+        for table in self._tables.values():
+            with contextlib.suppress(Exception):
+                table.close()
+        self._tables = {}
+        self._lock.close()
+
