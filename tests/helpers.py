@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import time
 from typing import Iterable, Optional, Sequence
 
@@ -144,3 +145,46 @@ def replay_total(procs) -> int:
         assert lines[1] == "0", f"errors: {lines[2:]}"
         total += int(lines[0])
     return total
+
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def second_waits_for_first(first, second, table: str = "greylist_NotPassed") -> None:
+    """Two transactions on one key in two threads: the second gets in only after the first left.
+
+    The first stays inside for a while (0.3 s) unless the second gets in
+    meanwhile, which exclusion forbids; the second must then read what the
+    first wrote.
+    """
+    events: list = []
+    first_in, second_in = threading.Event(), threading.Event()
+    written, seen = [], []
+
+    def run_first():
+        with first.transaction() as tx:
+            tx.lock_and_load([KEY])
+            before = tx.get(table, KEY)
+            events.append("first in")
+            first_in.set()
+            second_in.wait(0.3)
+            written.append(int(before or 0) + 1)
+            tx.set(table, KEY, written[-1])
+            events.append("first out")
+
+    def run_second():
+        assert first_in.wait(30)
+        with second.transaction() as tx:
+            tx.lock_and_load([KEY])
+            events.append("second in")
+            second_in.set()
+            seen.append(tx.get(table, KEY))
+            tx.set(table, KEY, int(seen[-1] or 0) + 1)
+
+    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert events == ["first in", "first out", "second in"]
+    assert seen == written

@@ -6,17 +6,13 @@ that the stores can be rebuilt inside without touching these tests.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from helpers import DBM_FLAVOURS
+from helpers import DBM_FLAVOURS, KEY, second_waits_for_first
 from pgserver import write_pg_config
 
 from greylist.settings import load_settings
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, open_store
 from greylist.stores.dbm import DbmStore
-
-KEY = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(params=[*DBM_FLAVOURS, "postgresql"])
@@ -38,49 +34,9 @@ def open_one(request, tmp_path):
         store.close()
 
 
-def _second_waits_for_first(first, second) -> None:
-    """Two transactions on one key in two threads: the second gets in only after the first left.
-
-    The first stays inside for a while (0.3 s) unless the second gets in
-    meanwhile, which exclusion forbids; the second must then read what the
-    first wrote.
-    """
-    events: list = []
-    first_in, second_in = threading.Event(), threading.Event()
-    written, seen = [], []
-
-    def run_first():
-        with first.transaction() as tx:
-            tx.lock_and_load([KEY])
-            before = tx.get(NOT_PASSED_TABLE, KEY)
-            events.append("first in")
-            first_in.set()
-            second_in.wait(0.3)
-            written.append(int(before or 0) + 1)
-            tx.set(NOT_PASSED_TABLE, KEY, written[-1])
-            events.append("first out")
-
-    def run_second():
-        assert first_in.wait(30)
-        with second.transaction() as tx:
-            tx.lock_and_load([KEY])
-            events.append("second in")
-            second_in.set()
-            seen.append(tx.get(NOT_PASSED_TABLE, KEY))
-            tx.set(NOT_PASSED_TABLE, KEY, int(seen[-1] or 0) + 1)
-
-    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert events == ["first in", "first out", "second in"]
-    assert seen == written
-
-
 def test_threads_of_one_handle_exclude_each_other(open_one):
     store = open_one()
-    _second_waits_for_first(store, store)
+    second_waits_for_first(store, store)
     with store.transaction() as tx:
         tx.lock_and_load([KEY])
         assert tx.get(NOT_PASSED_TABLE, KEY) == 2
@@ -89,8 +45,8 @@ def test_threads_of_one_handle_exclude_each_other(open_one):
 def test_two_handles_exclude_each_other(open_one):
     """Two handles are what two processes (two dispatchers, the command line) have."""
     first, second = open_one(), open_one()
-    _second_waits_for_first(first, second)
-    _second_waits_for_first(second, first)
+    second_waits_for_first(first, second)
+    second_waits_for_first(second, first)
     with first.transaction() as tx:
         tx.lock_and_load([KEY])
         assert tx.get(NOT_PASSED_TABLE, KEY) == 4

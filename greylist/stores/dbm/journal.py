@@ -24,6 +24,10 @@ from typing import List, NamedTuple
 SUFFIX = ".journal"
 _BLOCK_HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _ENTRY_HEADER = struct.Struct("<Hi")  # key length, value length (-1: deleted)
+# No transaction writes a block this large (an import writes 500 entries, about
+# 50 KB; a message with 10,000 recipients about 500 KB): a length beyond it is
+# damage, not a write that a kill cut short.
+_LONGEST_BLOCK = 4 << 20
 
 
 class JournalDamaged(ValueError):
@@ -104,12 +108,14 @@ def decode_blocks(data: bytes, into: dict) -> Decoded:
     while offset + _BLOCK_HEADER.size <= len(data):
         end, entries = _read_block(data, offset)
         if entries is None:
+            if not data[offset:].strip(b"\0"):
+                break  # zeros: where a power loss left the file longer than its data
             torn = not data[end:].strip(b"\0")  # nothing after it but zeros, if anything
-            if torn and (not damaged or not data[offset:].strip(b"\0")):
+            if torn and not damaged and end - offset <= _LONGEST_BLOCK:
                 break  # the torn last write of a writer that died
-            if torn:
-                raise JournalDamaged(f"damaged at byte {damaged[0].offset}, and unreadable "
-                                     f"from byte {offset} on")
+            if torn or end - offset > _LONGEST_BLOCK:
+                first = damaged[0].offset if damaged else offset
+                raise JournalDamaged(f"damaged at byte {first}, and unreadable from byte {offset} on")
             damaged.append(Damage(offset, end - offset))
             offset = end
             continue
