@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
 from greylist.stores.dbm import LOCK_NAME, DbmStore, journal
 
-DIRTY = 24  # the lock file's dirty byte (the header table in greylist/stores/dbm/lock.py)
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
 
 
@@ -331,30 +330,6 @@ def test_nested_use_in_one_thread_fails_instead_of_deadlocking(tmp_path):
     with store.transaction() as tx:  # and the lock is free again
         tx.set(PASSED_TABLE, "a" * 32, 1)
     store.close()
-
-
-@needs_gdbm
-def test_gdbm_store_left_by_a_dead_writer_is_checked_and_keeps_working(tmp_path):
-    store = DbmStore(str(tmp_path), flavour="dbm.gnu")
-    with store.transaction() as tx:
-        for n in range(3000):
-            tx.set(PASSED_TABLE, f"{n:032x}", 1_790_000_000 + n)
-    store.close()
-    with open(tmp_path / LOCK_NAME, "r+b") as handle:  # the mark of a writer that died writing
-        handle.seek(DIRTY)
-        assert handle.read(1) == b"\x00"  # a clean close leaves no mark
-        handle.seek(DIRTY)
-        handle.write(b"\x01")
-    store = DbmStore(str(tmp_path))
-    with store.transaction() as tx:
-        assert all(tx.get(PASSED_TABLE, f"{n:032x}") is not None for n in range(3000))
-        tx.set(PASSED_TABLE, "f" * 32, 1_790_009_999)
-    store.close()
-    with open(tmp_path / LOCK_NAME, "rb") as handle:
-        handle.seek(DIRTY)
-        assert handle.read(1) == b"\x00"  # the mark was cleared
-    with dbm.open(str(tmp_path / PASSED_TABLE), "r") as db:
-        assert len(db.keys()) == 3001
 
 
 @needs_gdbm

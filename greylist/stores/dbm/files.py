@@ -11,7 +11,10 @@ FILE_MODE = 0o600
 
 def write_all(fd: int, data: bytes, what: str) -> None:
     """Write all of ``data`` at the descriptor's position; a short write (a full disk) raises."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)[max(written, 0):]
     while view:
         written = os.write(fd, view)
         if written <= 0:

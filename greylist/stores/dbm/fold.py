@@ -68,7 +68,7 @@ def fold(table: GdbmTable, store: DbmStore, older_than: Optional[float],
             if table.journal_end > copied_to:
                 copier.apply(copied_to, table.journal_end, last=True)
             copier.finish()
-            store.note_write()  # marks the store: a kill from here on is repaired
+            store.note_write()  # others re-read
             os.rename(temporary, table.base)
             store.count_fold()
             fsync_path(os.path.dirname(table.base) or ".")

@@ -59,7 +59,8 @@ class GdbmTable(Table):
         self.retired: list = []  # anchors of replaced files, closed outside the lock
         self._journal = -1
         self._overlay: dict = {}
-        self._changes: list = []
+        self._changes: list = []  # this transaction's (key, value or None), for the journal
+        self._undo: list = []  # and what the overlay held before each, for discard()
         self.journal_end = 0  # bytes of the journal read into the overlay
         self.identity: Optional[Tuple[int, int]] = None
         self._damage_told: set = set()
@@ -159,10 +160,6 @@ class GdbmTable(Table):
                 return
         self._read_journal()
 
-    def recover(self) -> None:
-        """After a writer died holding the lock: re-read everything (cuts a torn block)."""
-        self.reopen()
-
     # reads and writes
 
     def prefetch(self, keys: Sequence[bytes]) -> None:
@@ -197,20 +194,22 @@ class GdbmTable(Table):
         return self._db.get(key)
 
     def set(self, key: bytes, value: bytes) -> None:
-        self._changes.append((key, value, self._overlay.get(key, _MISSING)))
+        self._undo.append((key, self._overlay.get(key, _MISSING)))
+        self._changes.append((key, value))
         self._overlay[key] = value
 
     def delete(self, key: bytes) -> None:
         if self.get(key) is None:
             return
-        self._changes.append((key, None, self._overlay.get(key, _MISSING)))
+        self._undo.append((key, self._overlay.get(key, _MISSING)))
+        self._changes.append((key, None))
         self._overlay[key] = None
 
     def end(self) -> None:
         """The transaction's changes go to the journal in one write, before the lock is let go."""
         if not self._changes:
             return
-        block = journal.encode_block([(key, value) for key, value, _ in self._changes])
+        block = journal.encode_block(self._changes)
         try:
             write_all(self._journal, block, self.journal_path)
         except OSError:
@@ -219,17 +218,17 @@ class GdbmTable(Table):
                 os.ftruncate(self._journal, self.journal_end)
             self.discard()
             raise
-        self._changes = []
+        self._changes, self._undo = [], []
         self.journal_end += len(block)
 
     def discard(self) -> None:
         """Take back this transaction's changes from the overlay, newest first."""
-        for key, _, before in reversed(self._changes):
+        for key, before in reversed(self._undo):
             if before is _MISSING:
                 self._overlay.pop(key, None)
             else:
                 self._overlay[key] = before
-        self._changes = []
+        self._changes, self._undo = [], []
 
     @property
     def pending(self) -> int:

@@ -4,16 +4,17 @@ How a message's transaction reads and writes (``_DbmTransaction``):
 
 1. ``_enter``: take the lock (``lock.py``); if the lock file's generation
    moved, another process wrote: each table reads what it appended (and,
-   when the fold count moved, whether its file was replaced); if the dirty
-   mark is set, a writer died mid-write: every table is read afresh.
+   when the fold count moved, whether its file was replaced).  What a writer
+   that died mid-write left is read the same way: a torn journal block or
+   index line is cut, a value is whole or not written (one ``pwrite``).
 2. ``get``/``set``/``delete`` on the tables; the first write of the hold
-   bumps the generation and sets the dirty mark.
+   bumps the generation.
 3. ``_exit``: a hold that wrote makes each table's changes durable (gdbm:
    one journal write; dbm.dumb wrote as it went), in the order of TABLES, so
    that a message that passes is in greylist_Passed before it leaves
-   greylist_NotPassed; then clears the dirty mark and lets go of the lock.
-   When a table fails, the changes not yet written are forgotten, and the
-   message gets the store-failure reply.
+   greylist_NotPassed; then lets go of the lock.  When a table fails, the
+   changes not yet written are forgotten, and the message gets the
+   store-failure reply.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class DbmStore(Store):
                         self._tables[name].refresh()  # what was written meanwhile; a torn line
                     else:
                         self._tables[name] = self._open_table(os.path.join(directory, name))
-                self._generation, _, self._folds = self._lock.read_state()
+                self._generation, self._folds = self._lock.read_state()
             self._tables = {name: self._tables[name] for name in self.tables}  # TABLES' order
         except OSError as error:
             self._close_files()
@@ -200,16 +201,13 @@ class DbmStore(Store):
         lock = self._lock
         lock.acquire()
         try:
-            generation, dirty, folds = lock.read_state()
+            generation, folds = lock.read_state()
             if generation != self._generation or check_files:
                 self._files_replaced = True
                 replaced = check_files or folds != self._folds
                 for table in self._tables.values():
                     table.refresh(replaced)
                 self._generation, self._folds = generation, folds
-            if dirty and not self.readonly:
-                self._files_replaced = True
-                self._recover()
             self._wrote = False
             for table in self._opened_per_hold:
                 table.begin()
@@ -223,7 +221,6 @@ class DbmStore(Store):
         try:
             if self._wrote and not failed:
                 self._end_tables()
-                self._lock.end_write()
             elif self._wrote:
                 for table in self._tables.values():
                     table.discard()
@@ -240,20 +237,14 @@ class DbmStore(Store):
 
     def _end_tables(self) -> None:
         """Each table's changes made durable, in TABLES' order; on a failure the rest are dropped."""
-        tables = list(self._tables.values())
-        for done, table in enumerate(tables):
-            try:
+        tables = self._tables.values()
+        try:
+            for table in tables:
                 table.end()
-            except BaseException:
-                for later in tables[done + 1:]:
-                    later.discard()
-                raise
-
-    def _recover(self) -> None:
-        """A writer died while applying its changes: read every table afresh."""
-        self.note_write()
-        for table in self._tables.values():
-            table.recover()
+        except BaseException:
+            for table in tables:
+                table.discard()  # nothing left to drop in those that ended
+            raise
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -268,7 +259,7 @@ class DbmStore(Store):
     def count_fold(self) -> None:
         """A file was replaced (under the lock): other processes must look at theirs."""
         self._lock.count_fold()
-        self._folds = self._lock.read_state()[2]
+        self._folds = self._lock.read_state()[1]
 
     def note_write(self) -> None:
         """Called before the first write of a lock hold: tell other processes."""

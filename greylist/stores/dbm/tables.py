@@ -40,10 +40,6 @@ class Table:
         was replaced since the last look.
         """
 
-    def recover(self) -> None:
-        """A writer died while holding the lock: drop whatever is cached, check what was written."""
-        self.refresh()
-
     def prefetch(self, keys: Sequence[bytes]) -> None:
         """Without the lock: read what a later get will want, if that is safe here."""
 
