@@ -252,3 +252,34 @@ def test_auto_whitelist_on_postgresql(tmp_path, conninfo):
         assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == []
     finally:
         store.close()
+
+
+def test_a_message_of_two_thousand_recipients_is_greylisted(tmp_path, conninfo):
+    """More advisory locks than PostgreSQL takes in one target list (1,664)."""
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greylist_time=300,
+                             on_store_error="tempfail")
+    clock = Clock()
+    lines: list = []
+    greylist, store = make_filter(config, clock, lines)
+    path = write_control(str(tmp_path / "C"), "s@example.com", [f"r{n}@example.net" for n in range(2000)])
+    try:
+        assert greylist.do_filter("", [path]) == GREYLIST + "00:05:00", lines[-1]
+        clock.advance(301)
+        assert greylist.do_filter("", [path]) == ""
+        assert "action=pass, reason=passed" in lines[-1]
+    finally:
+        store.close()
+    assert sql(conninfo, f"SELECT count(*) FROM {PASSED_TABLE}") == [(2000,)]
+
+
+def test_purges_of_every_table_in_a_row_each_purge(tmp_path, conninfo):
+    """A purge lets go of the one-host-at-a-time lock itself: the next table's purge finds it free."""
+    config = write_pg_config(tmp_path / "m.conf", conninfo, auto_whitelist_clients=1)
+    store = open_store(load_settings([config]))
+    try:
+        for _ in range(100):
+            for table in (PASSED_TABLE, NOT_PASSED_TABLE, AUTO_WHITELIST_TABLE):
+                sql(conninfo, f"INSERT INTO {table} (id, value) VALUES ('x', 1)")
+            assert [store.purge(table, older_than=2) for table in store.tables] == [1, 1, 1]
+    finally:
+        store.close()

@@ -20,6 +20,7 @@ connecting, so an outage never holds mail longer than that.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import threading
 import time
@@ -29,6 +30,7 @@ from . import AUTO_WHITELIST_TABLE, TABLES, Store, StoreError, StoreOpenError, T
 
 _PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
 _PURGE_BATCH = 1000
+_LOCKS_PER_SELECT = 1000
 
 
 # libpq's PGRES_EMPTY_QUERY, PGRES_COMMAND_OK, PGRES_TUPLES_OK; CONNECTION_OK.
@@ -161,9 +163,12 @@ class _PgTransaction(Transaction):
         # Separate statements: under READ COMMITTED each reads what was
         # committed when it began, so the reads must begin after the locks.
         statements = [] if self._began else ["BEGIN"]
-        if literals:
+        # In statements of at most _LOCKS_PER_SELECT: PostgreSQL refuses a
+        # target list of more than 1,664 entries (a message of 2,000 recipients).
+        for start in range(0, len(literals), _LOCKS_PER_SELECT):
             statements.append("SELECT " + ", ".join(
-                f"pg_advisory_xact_lock(hashtextextended({literal}, 0))" for literal in literals))
+                f"pg_advisory_xact_lock(hashtextextended({literal}, 0))"
+                for literal in literals[start : start + _LOCKS_PER_SELECT]))
         reads = []
         if keys:
             listed = ", ".join(quote(key) for key in keys)
@@ -333,8 +338,10 @@ class PostgresStore(Store):
             raise StoreError(f"{self.description} is open read-only; cannot purge")
         conn = self._connect(autocommit=True)
         removed = 0
+        held = False
         try:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,)).fetchone()[0]:
+            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,)).fetchone()[0]
+            if not held:
                 return 0  # another host is purging
             while True:
                 cursor = conn.execute(
@@ -349,7 +356,12 @@ class PostgresStore(Store):
         except self._psycopg.Error as error:
             raise StoreError(f"purge of {table}: {error}".strip()) from error
         finally:
-            conn.close()  # also releases the advisory lock
+            # Released here, not by closing: the server drops a closed session's
+            # locks a moment later, and the next table's purge would find it held.
+            if held and not conn.broken:
+                with contextlib.suppress(self._psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_PURGE_LOCK,))
+            conn.close()
 
     def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
         conn = self._connect()
