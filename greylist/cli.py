@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 from . import __version__, admin, report, transfer
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
-from .stores import AUTO_WHITELIST_TABLE, StoreError, open_store
-from .stores import dbm as _dbm_store  # noqa: F401  (loaded before root gives up its rights)
+from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, StoreError, open_store
+from .stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
 from .triplet import InvalidClientAddress, IPAddress, parse_client_ip
 
 EX_OK = 0
@@ -82,7 +82,7 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _act_as_store_owner(settings: Settings) -> None:
-    """Run as root, become the store directory's owner before touching its files.
+    """Run as root, become the store's owner before touching its files.
 
     A store or lock file left owned by root would lock Courier's mail user
     out and stop greylisting; so root works on the store as its owner.
@@ -90,11 +90,11 @@ def _act_as_store_owner(settings: Settings) -> None:
     if os.geteuid() != 0 or settings.db_type != "dbm":
         return
     try:
-        owner = os.stat(settings.db_dir)
+        owner = _store_owner(settings.db_dir)
     except OSError:
         return  # the store will report the missing directory
-    if owner.st_uid == 0:
-        return
+    if owner is None:
+        return  # root's own store
     try:
         os.setgroups([])
         os.setgid(owner.st_gid)
@@ -102,6 +102,24 @@ def _act_as_store_owner(settings: Settings) -> None:
     except OSError as error:
         raise CommandError(f"cannot act as the owner (uid {owner.st_uid}) of "
                            f"{settings.db_dir}: {error.strerror}") from None
+
+
+def _store_owner(directory: str) -> Optional[os.stat_result]:
+    """Whose store this is: the directory's owner, or, in a directory root owns, the owner
+    of the store's files; None for root's own store."""
+    info = os.stat(directory)
+    if info.st_uid != 0:
+        return info
+    for name in sorted(os.listdir(directory)):
+        if name == LOCK_NAME or name.startswith(ALL_TABLES):
+            found = os.stat(os.path.join(directory, name), follow_symlinks=False)
+            if found.st_uid != 0:
+                return found
+    if info.st_mode & 0o020 and info.st_gid != 0:
+        raise CommandError(f"{directory} belongs to root and is writable by group {info.st_gid}, "
+                           f"and holds no store file of another user yet: run this as Courier's mail "
+                           f"user (files made as root would lock it out), or chown the directory to it")
+    return None
 
 
 def command_check(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, have_gdbm, write_config, write_control
 
+from greylist.stores.dbm import DbmStore
+
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
 STANDARD_CONFIGS = ["/etc/pythonfilter-modules.conf", "/usr/local/etc/pythonfilter-modules.conf"]
 
@@ -100,6 +102,33 @@ def test_root_acts_as_store_owner(tmp_path):
         assert len(os.listdir(store)) >= 3
     finally:
         shutil.rmtree(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_in_a_group_writable_root_directory_acts_as_the_files_owner(tmp_path):
+    """A directory root owns, writable by Courier's group: root leaves no root-owned file there."""
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        store = base / "store"
+        store.mkdir()
+        os.chown(store, 0, nobody.pw_gid)
+        os.chmod(store, 0o770)
+        control = write_control(str(base / "C"))
+        os.chmod(control, 0o644)
+        refused = run("check", "--db-dir", str(store), control)  # no file says whose store it is
+        assert refused.returncode == 1 and "run this as Courier's mail user" in refused.stderr
+        assert os.listdir(store) == []
+        DbmStore(str(store)).close()  # as the dispatcher, running as the mail user, would have made them
+        for name in os.listdir(store):
+            os.chown(store / name, nobody.pw_uid, nobody.pw_gid)
+        for command in (["check", "--db-dir", str(store), control], ["purge", "--db-dir", str(store)]):
+            result = run(*command)
+            assert result.returncode in (0, 75), result.stderr
+        assert {os.stat(store / name).st_uid for name in os.listdir(store)} == {nobody.pw_uid}
+    finally:
+        shutil.rmtree(base)
 
 
 def test_install_and_uninstall_shim(tmp_path):
