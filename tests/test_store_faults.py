@@ -148,6 +148,33 @@ def test_a_gdbm_file_first_created_on_a_nearly_full_disk_leaves_nothing_in_the_w
     assert dbm.whichdb(str(store_dir / PASSED_TABLE)) == "dbm.gnu"
 
 
+@needs_gdbm
+@pytest.mark.disk_kb(2048)
+def test_a_fold_on_a_full_disk_fails_and_keeps_the_file_and_journal(small_disk, monkeypatch):
+    store_dir = small_disk.path / "store"
+    store_dir.mkdir()
+    store = DbmStore(str(store_dir), flavour="dbm.gnu")
+    with store.transaction() as tx:
+        for n in range(3000):
+            tx.set(PASSED_TABLE, f"{n:032x}", 1_000 if n % 2 else 1_790_000_000)
+    store.compact()
+    with store.transaction() as tx:
+        tx.set(PASSED_TABLE, "f" * 32, 1_790_000_001)  # in the journal only
+    small_disk.fill()
+    for in_process in (True, False):
+        monkeypatch.setattr(fold_copy, "IN_PROCESS_BELOW", 1 << 30 if in_process else 0)
+        with pytest.raises(StoreError, match="purge of greylist_Passed"):
+            store.purge(PASSED_TABLE, older_than=2_000)
+        assert not [name for name in os.listdir(store_dir) if ".fold." in name]
+    other = DbmStore(str(store_dir))
+    assert len(dict(other.items(PASSED_TABLE))) == 3001
+    small_disk.free()
+    assert store.purge(PASSED_TABLE, older_than=2_000) == 1500
+    store.close()
+    other.close()
+    assert len(stdlib_contents(store_dir, PASSED_TABLE)) == 1501
+
+
 @pytest.mark.disk_kb(4096)
 def test_dumb_compaction_on_a_nearly_full_disk_keeps_a_whole_index(small_disk):
     store_dir = small_disk.path / "store"
@@ -164,6 +191,33 @@ def test_dumb_compaction_on_a_nearly_full_disk_keeps_a_whole_index(small_disk):
     live = {key for key, value in stdlib_contents(store_dir, PASSED_TABLE).items() if value != "0000"}
     assert live == {f"{n:032x}" for n in range(0, 2400, 2)}
     assert not [name for name in os.listdir(store_dir) if ".compact." in name]
+
+
+def test_dumb_compactions_of_two_processes_at_once_lose_nothing(tmp_path):
+    """Each compaction writes a file of its own; a reader meanwhile always sees every entry."""
+    writer = DbmStore(str(tmp_path), flavour="dbm.dumb")
+    with writer.transaction() as tx:
+        for n in range(1800):
+            tx.set(PASSED_TABLE, f"{n:032x}", 1_790_000_000)
+    script = ("import sys; from greylist.stores.dbm import DbmStore\n"
+              f"s = DbmStore({str(tmp_path)!r}); s.fold_on_close = False\n"
+              "for _ in range(40): s.compact()\n"
+              "s.close()\n")
+    compactors = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
+    round_number = 0
+    while any(proc.poll() is None for proc in compactors):
+        round_number += 1
+        with writer.transaction() as tx:  # something for the next compaction to drop
+            for n in range(200):
+                tx.set(PASSED_TABLE, f"d{round_number:08x}{n:024x}", 1_790_000_000)
+        with writer.transaction() as tx:
+            for n in range(200):
+                tx.delete(PASSED_TABLE, f"d{round_number:08x}{n:024x}")
+        assert len(dict(writer.items(PASSED_TABLE))) == 1800, round_number
+    assert [proc.wait() for proc in compactors] == [0, 0]
+    writer.close()
+    assert not [name for name in os.listdir(tmp_path) if ".compact." in name]
+    assert len(stdlib_contents(tmp_path, PASSED_TABLE)) == 1800
 
 
 # --- the lock file ----------------------------------------------------------------------
