@@ -116,6 +116,14 @@ def close_reference(reference) -> None:
             store.db.close()
 
 
+def stdlib_contents(directory, table: str) -> dict:
+    """A table as stdlib dbm (and so courier-pythonfilter) reads it: {key: value} as text."""
+    import dbm
+
+    with dbm.open(os.path.join(str(directory), table), "r") as db:
+        return {key.decode(): db[key].decode() for key in db.keys()}
+
+
 def have_gdbm() -> bool:
     try:
         import dbm.gnu  # noqa: F401

@@ -15,7 +15,7 @@ import threading
 import zlib
 
 import pytest
-from helpers import DBM_FLAVOURS, needs_gdbm, replay_total, write_control
+from helpers import DBM_FLAVOURS, needs_gdbm, replay_total, stdlib_contents, write_control
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,11 +28,6 @@ WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers.py")
 @pytest.fixture(params=DBM_FLAVOURS)
 def flavour(request):
     return request.param
-
-
-def stdlib_contents(directory, table):
-    with dbm.open(os.path.join(directory, table), "r") as db:
-        return {key.decode(): db[key].decode() for key in db.keys()}
 
 
 def test_roundtrip_and_stdlib_readable(tmp_path, flavour):

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from helpers import DBM_FLAVOURS, Clock, needs_gdbm, second_waits_for_first, write_control
+from helpers import DBM_FLAVOURS, Clock, needs_gdbm, second_waits_for_first, stdlib_contents, write_control
 
 from greylist.filter import GreylistFilter
 from greylist.settings import Settings
@@ -72,11 +72,6 @@ def small_disk(tmp_path, request):
     disk = SmallDisk(tmp_path / "disk", marker.args[0] if marker else 512)
     yield disk
     disk.close()
-
-
-def stdlib_contents(directory, table):
-    with dbm.open(os.path.join(str(directory), table), "r") as db:
-        return {key.decode(): db[key].decode() for key in db.keys()}
 
 
 # --- full disks -------------------------------------------------------------------------
