@@ -79,15 +79,14 @@ class DumbTable(Table):
 
     # the index
 
-    def _parse(self, data: bytes, into: dict) -> int:
+    def _parse(self, data: bytes, into: dict, limit: int) -> int:
         """Parse complete index lines into ``into``; return bytes consumed.
 
-        A line that does not parse (torn), or that points past the data file
-        or claims an impossible size (damage), is skipped; the next
-        compaction drops it.
+        A line that does not parse (torn), or that points past ``limit``, the
+        data file's size, or claims an impossible size (damage), is skipped;
+        the next compaction drops it.
         """
         end = data.rfind(b"\n") + 1
-        limit = os.fstat(self._dat).st_size
         lines = 0
         for line in data[:end].split(b"\n"):
             if not line:
@@ -118,10 +117,10 @@ class DumbTable(Table):
         self.index: dict = {}
         self.index_lines = 0
         data = os.pread(self._dir, info.st_size, 0) if info.st_size else b""
-        self._dir_offset = self._parse(data, self.index)
+        self._dat_end = os.fstat(self._dat).st_size
+        self._dir_offset = self._parse(data, self.index, self._dat_end)
         if cut_torn_tail:
             self._cut_torn_tail(info.st_size)
-        self._dat_end = os.fstat(self._dat).st_size
         self._free: Optional[set] = None  # blocks of .dat no entry uses; found when first needed
 
     def _cut_torn_tail(self, size: int) -> None:
@@ -138,16 +137,16 @@ class DumbTable(Table):
         if (info.st_dev, info.st_ino) != self._dir_identity or info.st_size < self._dir_offset:
             self._load_index()
             return
+        self._dat_end = os.fstat(self._dat).st_size
         if info.st_size > self._dir_offset:
             tail = os.pread(self._dir, info.st_size - self._dir_offset, self._dir_offset)
             added: dict = {}
-            self._dir_offset += self._parse(tail, added)
+            self._dir_offset += self._parse(tail, added, self._dat_end)
             self._cut_torn_tail(info.st_size)
             self.index.update(added)
             if self._free:
                 for pos, size in added.values():
                     self._free.difference_update(_blocks_of(pos, size))
-        self._dat_end = os.fstat(self._dat).st_size
 
     def _append_index_line(self, key: bytes, pos: int, size: int) -> None:
         line = _index_line(key, pos, size)
@@ -258,7 +257,7 @@ class DumbTable(Table):
                 os.rename(temporary, self.dir_path)
                 fsync_path(os.path.dirname(self.dir_path) or ".")
                 added: dict = {}
-                self._parse(tail, added)
+                self._parse(tail, added, self._dat_end)
                 for pos, size in added.values():  # taken since the snapshot
                     free.difference_update(_blocks_of(pos, size))
                 old, self._dir = self._dir, -1
