@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import difflib
 import operator
 import sys
 from dataclasses import dataclass, field, replace
@@ -118,15 +119,31 @@ def _evaluate(node: ast.AST) -> Any:
     raise ValueError(f"not a literal or arithmetic ({type(node).__name__})")
 
 
+_YES_NO = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
+
+
 def parse_value(text: str) -> Any:
     """Parse one configuration value as the reference would, without eval()."""
     if len(text) > 65536:
         raise ValueError("value longer than 64 KiB")
+    text = text.strip()
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        return _evaluate(ast.parse(text, mode="eval"))
     except SyntaxError as error:
-        raise ValueError(f"not a Python literal ({error.msg})") from None
-    return _evaluate(tree)
+        raise ValueError(_what_to_write(text, f"not a Python literal ({error.msg})")) from None
+    except ValueError as error:
+        raise ValueError(_what_to_write(text, str(error))) from None
+
+
+def _what_to_write(text: str, problem: str) -> str:
+    """The problem, said so that a postmaster who does not write Python knows what to write."""
+    if text.lower() in _YES_NO and text not in ("True", "False"):
+        return f"write {_YES_NO[text.lower()]} (with a capital letter), not {text}"
+    bare = not any(mark in text for mark in "'\"()[]{} ")
+    if bare and (any(mark in text for mark in "/@:") or text.count(".") > 1
+                 or text.replace("-", "_").replace(".", "_").isidentifier()):
+        return f"put it in quotes: {text!r}"
+    return problem
 
 
 # --- the known keys ----------------------------------------------------------------
@@ -319,6 +336,12 @@ def load_settings(
         if parser is None:
             continue
         sources.append(path)
+        for section in parser.sections():
+            if section not in _SECTIONS:
+                near = difflib.get_close_matches(section.lower(), list(_SECTIONS), n=1, cutoff=0.7)
+                if near:
+                    warn(f"greylist: {path}: [{section}] looks like [{near[0]}], which this filter "
+                         f"reads; its settings are ignored")
         for section, known in _SECTIONS.items():
             if not parser.has_section(section):
                 continue

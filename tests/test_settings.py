@@ -151,3 +151,34 @@ def test_example_file_defaults_and_recommendations(tmp_path):
     s = load_settings([example, path])
     assert s.auto_whitelist_clients == 5 and s.normalize_senders
     assert "builtin:pool-senders" in s.whitelist_files
+
+
+@pytest.mark.parametrize("line, advice", [
+    ("learn_only = yes", "learn_only: write True (with a capital letter), not yes"),
+    ("learn_only = false", "learn_only: write False (with a capital letter), not false"),
+    ("whitelist_clients = 192.0.2.0/24", "whitelist_clients: put it in quotes: '192.0.2.0/24'"),
+    ("reply = tempfail", "put it in quotes: 'tempfail'"),
+])
+def test_values_a_postmaster_writes_get_advice(tmp_path, line, advice):
+    path = write(tmp_path, f"[greylist.py]\n{line}\n")
+    with pytest.raises(SettingsError, match=re.escape(advice)):
+        load_settings([path])
+
+
+def test_unquoted_path_in_ttldb_gets_advice(tmp_path):
+    path = write(tmp_path, "[ttldb]\ntype = 'dbm'\ndir = /var/lib/pythonfilter\n")
+    with pytest.raises(SettingsError, match=re.escape("dir: put it in quotes: '/var/lib/pythonfilter'")):
+        load_settings([path])
+
+
+def test_a_misspelt_section_is_warned_about(tmp_path):
+    path = write(tmp_path, "[greylist]\ngreylist_time = 20\n[TTLdb]\ndir = '/x'\n"
+                           "[whitelist_auth.py]\nx = 1\n")
+    warnings: list = []
+    settings = load_settings([path], warn=warnings.append)
+    assert settings.greylist_time == 300  # ignored, as the reference would
+    assert warnings == [
+        f"greylist: {path}: [greylist] looks like [greylist.py], which this filter reads; "
+        f"its settings are ignored",
+        f"greylist: {path}: [TTLdb] looks like [ttldb], which this filter reads; its settings are ignored",
+    ]
