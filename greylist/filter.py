@@ -48,13 +48,21 @@ _TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE}
 
 
 def log_safe(value: object, limit: int = 200) -> str:
-    """A value fit for one log line: no control characters, bounded length."""
+    """A value fit for one ``key=value`` log line, bounded in length.
+
+    A value of printable characters without spaces or quotes is written as
+    it is; any other is put in double quotes, with control characters,
+    double quotes and backslashes written as ``\\xNN``.  So a line always
+    splits into its pairs, and a person reads ``error="cannot read control
+    file"`` as it is.
+    """
     text = value if type(value) is str else str(value)
     if len(text) > limit:
         text = text[:limit] + "..."
-    if " " not in text and text.isprintable():
+    if " " not in text and '"' not in text and "\\" not in text and text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() and ch != " " else f"\\x{ord(ch):02x}" for ch in text)
+    return '"' + "".join(ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}"
+                         for ch in text) + '"'
 
 
 @dataclass

@@ -9,6 +9,7 @@ optional drawing with matplotlib.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
@@ -29,16 +30,21 @@ DELAY_BUCKETS = (
 )
 
 
+# A pair: a value in double quotes (with \xNN escapes), or one without spaces.
+_PAIR = re.compile(r'(?:^|, )([a-z_]+)=("[^"]*"|[^ ]*?)(?=, [a-z_]+=|$)')
+_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
 def parse_line(line: str) -> Optional[dict]:
     """The key=value fields of one decision line, or None for any other line."""
     start = line.find(MARKER)
     if start < 0:
         return None
     fields = {}
-    for part in line[start + len("greylist: "):].rstrip("\r\n").split(", "):
-        key, equals, value = part.partition("=")
-        if equals:
-            fields[key.strip()] = value
+    for key, value in _PAIR.findall(line[start + len("greylist: "):].rstrip("\r\n")):
+        if value.startswith('"') and value.endswith('"') and len(value) > 1:
+            value = _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), value[1:-1])
+        fields[key] = value
     return fields if "action" in fields else None
 
 

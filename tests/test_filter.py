@@ -277,5 +277,20 @@ def test_a_failed_purge_is_logged_and_mail_still_decided(env):
     env.store.purge = full_disk
     assert f.do_filter("", [env.control()]).startswith(GREYLIST)
     assert env.lines[0].startswith("greylist: purge failed: ")
-    assert "No space left on device" in env.lines[0].replace("\\x20", " ")
+    assert "No space left on device" in env.lines[0]
     assert "action=greylist, reason=new" in env.lines[1]
+
+
+def test_log_values_with_spaces_are_quoted_and_read_back(env):
+    """One key=value line a person can read, which `greylist report` splits back into its pairs."""
+    from greylist.report import parse_line
+
+    f = env.filter()
+    f.do_filter("", [str(env.store_dir / "missing")])
+    line = env.lines[-1]
+    assert ', error="cannot read control file' in line and "\\x20" not in line
+    assert parse_line(line)["error"].startswith("cannot read control file")
+    f.do_filter("", [env.control(raw_sender=b'odd "quoted", sender@example.com\x01')])
+    fields = parse_line(env.lines[-1])
+    assert fields["sender"] == 'odd "quoted", sender@example.com\x01'
+    assert fields["action"] == "greylist" and fields["recipients"] == "bob@example.net"

@@ -171,7 +171,7 @@ def test_silent_server_is_given_up_after_the_timeout(tmp_path, conninfo, server)
         assert f.do_filter("", [path]) == ""
         waited = time.monotonic() - started
         assert "action=error, reason=store-failure" in lines[-1]
-        assert "no answer within 1 s".replace(" ", "\\x20") in lines[-1]
+        assert "no answer within 1 s" in lines[-1]
         assert 0.9 < waited < 5
     finally:
         for pid in backends:

@@ -96,7 +96,7 @@ def test_a_full_disk_during_a_message_loses_nothing_acknowledged(small_disk, fla
         assert reply == "" or reply.startswith(GREYLIST)
         if reply == "":
             break
-    assert any("action=error, reason=store-failure" in line and "No space left" in line.replace("\\x20", " ")
+    assert any("action=error, reason=store-failure" in line and "No space left" in line
                for line in lines)
     assert greylist.do_filter("", [first]) == ""  # the retry: it moves to greylist_Passed, or fails
     small_disk.free()
@@ -182,7 +182,7 @@ def test_dumb_compaction_on_a_nearly_full_disk_keeps_a_whole_index(small_disk):
     small_disk.fill(leave=8192)
     result = subprocess.run([sys.executable, "-m", "greylist", "purge", "--db-dir", str(store_dir)],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "No space left" in result.stderr.replace("\\x20", " "), result.stderr
+    assert result.returncode != 0 and "No space left" in result.stderr, result.stderr
     live = {key for key, value in stdlib_contents(store_dir, PASSED_TABLE).items() if value != "0000"}
     assert live == {f"{n:032x}" for n in range(0, 2400, 2)}
     assert not [name for name in os.listdir(store_dir) if ".compact." in name]
