@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -518,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=command_migrate)
 
     def with_triplet_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--sender", required=True, help="envelope sender")
-        sub.add_argument("--recipient", required=True, action="append",
+        sub.add_argument("--sender", required=True, type=_envelope_address,
+                         help="envelope sender (<a@b> is taken as a@b)")
+        sub.add_argument("--recipient", required=True, action="append", type=_envelope_address,
                          help="recipient (repeat for several)")
         sub.add_argument("--ip", required=True, help="client IP address")
 
@@ -588,12 +590,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _envelope_address(text: str) -> str:
+    """An address as a postmaster pastes it from a log or a header: ``<a@b>`` is ``a@b``."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     known = {"check", "install", "export", "import", "migrate", "show", "allow", "delete", "stats",
              "purge", "report", "-h", "--help", "--version"}
     if argv and argv[0] not in known:
+        if not (argv[0].startswith("-") or os.sep in argv[0] or os.path.exists(argv[0])):
+            near = difflib.get_close_matches(argv[0], sorted(known - {"-h", "--help", "--version"}), n=1)
+            print(f"greylist: unknown command {argv[0]!r}"
+                  + (f"; did you mean {near[0]!r}?" if near else "")
+                  + " (greylist --help lists them)", file=sys.stderr)
+            return EX_USAGE
         argv.insert(0, "check")  # `python -m greylist CONTROLFILE...`, as the original
     args = parser.parse_args(argv)
     if args.command is None:

@@ -131,6 +131,17 @@ def test_root_in_a_group_writable_root_directory_acts_as_the_files_owner(tmp_pat
         shutil.rmtree(base)
 
 
+def test_an_unknown_command_suggests_the_nearest_and_creates_nothing(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"))
+    result = run("stat", env=env)
+    assert result.returncode == 2
+    assert result.stderr == ("greylist: unknown command 'stat'; did you mean 'stats'? "
+                             "(greylist --help lists them)\n")
+    assert os.listdir(tmp_path) == []
+    control = write_control(str(tmp_path / "C"))  # a control file still works without the command
+    assert run(control, "--db-dir", str(tmp_path / "db"), env=env).returncode == 75
+
+
 def test_install_and_uninstall_shim(tmp_path):
     config = write_config(str(tmp_path / "m.conf"), str(tmp_path))
     result = run("install", "--target", str(tmp_path), "--config", config)
@@ -210,6 +221,9 @@ def test_show_allow_delete_as_a_user_types_them(tmp_path):
     deleted = run("delete", "--config", config, *TRIPLET)
     assert deleted.returncode == 0 and "deleted 1 entry" in deleted.stdout
     assert run("check", "--config", config, control).returncode == 75  # greylisted afresh
+    pasted = ["--sender", " <Alice@Example.com>", "--recipient", "<bob@example.net>", "--ip", "192.0.2.10"]
+    assert run("allow", "--config", config, *pasted).returncode == 0  # as pasted from a log or header
+    assert run("check", "--config", config, control).returncode == 0
 
     covered = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
                   "postmaster@example.net", "--ip", "203.0.113.1")
