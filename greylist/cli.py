@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import dbm
 import difflib
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Optional, Sequence
 from . import __version__, admin, report, transfer
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
-from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, StoreError, open_store
+from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, PASSED_TABLE, StoreError, open_store
 from .stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
 from .triplet import InvalidClientAddress, IPAddress, parse_client_ip
 
@@ -60,8 +61,12 @@ def default_db_dir() -> str:
     return os.path.join(state, "courier-greylist")
 
 
-def _load(args: argparse.Namespace) -> Settings:
-    """Settings for a command: --config, else the standard files; --db-dir wins."""
+def _load(args: argparse.Namespace, create: bool = True) -> Settings:
+    """Settings for a command: --config, else the standard files; --db-dir wins.
+
+    ``create``: make the store directory if missing (commands that only read
+    refuse a missing store instead, see ``_existing``).
+    """
     try:
         settings = load_settings([args.config] if args.config else None)
     except SettingsError as error:
@@ -69,16 +74,25 @@ def _load(args: argparse.Namespace) -> Settings:
     if args.config and not os.path.exists(args.config):
         raise CommandError(f"{args.config}: no such configuration file")
     if args.db_dir:
-        directory = os.path.abspath(args.db_dir)
+        settings = settings.with_db_dir(os.path.abspath(args.db_dir))
+    elif settings.db_type == "dbm" and not settings.sources:
+        settings = settings.with_db_dir(default_db_dir())
+    else:
+        return settings
+    if create:
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.makedirs(settings.db_dir, mode=0o700, exist_ok=True)
         except OSError as error:
-            raise CommandError(f"cannot create store directory {directory}: {error.strerror}") from None
-        return settings.with_db_dir(directory)
-    if settings.db_type == "dbm" and not settings.sources:
-        directory = default_db_dir()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        return settings.with_db_dir(directory)
+            raise CommandError(f"cannot create store directory {settings.db_dir}: "
+                               f"{error.strerror}") from None
+    return settings
+
+
+def _existing(settings: Settings) -> Settings:
+    """For the commands that only read: the dbm store must be there already."""
+    if settings.db_type == "dbm" and dbm.whichdb(os.path.join(settings.db_dir, PASSED_TABLE)) is None:
+        raise CommandError(f"no store in {settings.db_dir} (nothing was greylisted there yet; "
+                           f"does --db-dir or [ttldb] dir name the right directory?)")
     return settings
 
 
@@ -177,8 +191,9 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _open_filter(args: argparse.Namespace, with_auto_whitelist: bool = False) -> GreylistFilter:
-    settings = _load(args)
+def _open_filter(args: argparse.Namespace, with_auto_whitelist: bool = False,
+                 read_only: bool = False) -> GreylistFilter:
+    settings = _existing(_load(args, create=False)) if read_only else _load(args)
     _act_as_store_owner(settings)
     return _filter(settings, _open(settings, with_auto_whitelist=with_auto_whitelist))
 
@@ -190,9 +205,12 @@ def _address(text: str) -> IPAddress:
         raise CommandError(str(error)) from None
 
 
-def _on_store(args: argparse.Namespace, action):
-    """Run ``action(filter)`` on the configured store, then close it; errors become one line."""
-    greylist = _open_filter(args)
+def _on_store(args: argparse.Namespace, action, read_only: bool = False):
+    """Run ``action(filter)`` on the configured store, then close it; errors become one line.
+
+    ``read_only``: the command only reads, and a missing store is an error, not a new one.
+    """
+    greylist = _open_filter(args, read_only=read_only)
     try:
         return action(greylist)
     except StoreError as error:
@@ -204,7 +222,8 @@ def _on_store(args: argparse.Namespace, action):
 def command_show(args: argparse.Namespace) -> int:
     now = time.time()
     lookup = _on_store(args, lambda greylist: admin.show(
-        greylist, args.sender, args.recipient, _address(args.ip), now, client_name=args.client_name))
+        greylist, args.sender, args.recipient, _address(args.ip), now, client_name=args.client_name),
+        read_only=True)
     if args.json:
         print(json.dumps(dataclasses.asdict(lookup), indent=2))
         return EX_OK
@@ -241,7 +260,8 @@ def command_delete(args: argparse.Namespace) -> int:
 
 
 def command_stats(args: argparse.Namespace) -> int:
-    result = _on_store(args, lambda greylist: admin.stats(greylist, time.time(), top=args.top))
+    result = _on_store(args, lambda greylist: admin.stats(greylist, time.time(), top=args.top),
+                       read_only=True)
     if args.json:
         print(json.dumps(result, indent=2))
         return EX_OK
@@ -389,19 +409,24 @@ def _open(settings: Settings, readonly: bool = False, with_auto_whitelist: bool 
 
 
 def command_export(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    _act_as_store_owner(settings)
-    store = _open(settings, readonly=True)
+    settings = _existing(_load(args, create=False))
+    to_stdout = args.file in (None, "-")
+    try:  # opened as the user who named it, before root becomes the store's owner
+        out = sys.stdout if to_stdout else open(args.file, "w", encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"cannot write {args.file} as uid {os.geteuid()}: {error.strerror}") from None
     try:
-        if args.file in (None, "-"):
-            count = transfer.export_to(store, sys.stdout)
-        else:
-            with open(args.file, "w", encoding="utf-8") as out:
-                count = transfer.export_to(store, out, _progress_printer("exported"))
-    except (OSError, StoreError) as error:
-        raise CommandError(f"export failed: {error}") from None
+        _act_as_store_owner(settings)
+        store = _open(settings, readonly=True)
+        try:
+            count = transfer.export_to(store, out, None if to_stdout else _progress_printer("exported"))
+        except (OSError, StoreError) as error:
+            raise CommandError(f"export failed: {error}") from None
+        finally:
+            store.close()
     finally:
-        store.close()
+        if not to_stdout:
+            out.close()
     print(f"greylist: exported {count:,} entries from {store.description}", file=sys.stderr)
     return EX_OK
 

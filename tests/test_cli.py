@@ -142,6 +142,37 @@ def test_an_unknown_command_suggests_the_nearest_and_creates_nothing(tmp_path):
     assert run(control, "--db-dir", str(tmp_path / "db"), env=env).returncode == 75
 
 
+def test_read_only_commands_never_make_a_store(tmp_path):
+    typo = tmp_path / "typo"
+    for command in (["stats"], ["show", *TRIPLET], ["export"]):
+        result = run(*command, "--db-dir", str(typo))
+        assert result.returncode == 1, command
+        assert result.stderr == (f"greylist: no store in {typo} (nothing was greylisted there yet; "
+                                 f"does --db-dir or [ttldb] dir name the right directory?)\n")
+        assert not typo.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_exports_to_a_file_only_root_may_write(tmp_path):
+    """The file named on the command line is opened before root becomes the store's owner."""
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        store = base / "store"
+        store.mkdir()
+        os.chown(store, nobody.pw_uid, nobody.pw_gid)
+        control = write_control(str(base / "C"))
+        os.chmod(control, 0o644)
+        assert run("check", "--db-dir", str(store), control).returncode == 75
+        backup = tmp_path / "backup.jsonl"  # under root's 0700 pytest directory
+        result = run("export", "--db-dir", str(store), str(backup))
+        assert result.returncode == 0, result.stderr
+        assert '"greylist_NotPassed"' in backup.read_text() and backup.stat().st_uid == 0
+    finally:
+        shutil.rmtree(base)
+
+
 def test_install_and_uninstall_shim(tmp_path):
     config = write_config(str(tmp_path / "m.conf"), str(tmp_path))
     result = run("install", "--target", str(tmp_path), "--config", config)
@@ -202,6 +233,12 @@ def test_show_allow_delete_as_a_user_types_them(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_recipients=["postmaster@"])
+    nothing = run("show", "--config", config, *TRIPLET)  # reads only: no store made up
+    assert nothing.returncode == 1 and f"no store in {store} (nothing was greylisted" in nothing.stderr
+    assert os.listdir(store) == []
+
+    other = write_control(str(tmp_path / "C0"), "other@example.org")
+    assert run("check", "--config", config, other).returncode == 75
     unknown = run("show", "--config", config, *TRIPLET)
     assert unknown.returncode == 0 and "bob@example.net: unknown" in unknown.stdout
     assert "client network 192.0.2.0/24" in unknown.stdout
