@@ -57,8 +57,17 @@ class TripletState:
     last_seen: Optional[float] = None
     passes_at: Optional[float] = None
     expires: Optional[float] = None
+    whitelisted: Optional[str] = None  # the rule that lets its messages through, if any
 
     def describe(self, now: float) -> str:
+        if self.whitelisted:
+            stored = "" if self.state == "unknown" else f" (the store: {self._stored(now)})"
+            return f"{self.whitelisted}: its messages pass without greylisting{stored}"
+        if self.state == "unknown":
+            return "unknown: the next message is greylisted"
+        return self._stored(now)
+
+    def _stored(self, now: float) -> str:
         if self.state == "pending":
             wait = self.passes_at - now
             retry = (f"a retry passes from {when(self.passes_at)} (in {ago(wait)})" if wait > 0
@@ -68,7 +77,7 @@ class TripletState:
         if self.state == "passed":
             return (f"passed; last seen {when(self.last_seen)} ({ago(now - self.last_seen)} ago); "
                     f"remembered until {when(self.expires)}")
-        return "unknown: the next message is greylisted"
+        return "unknown"
 
 
 @dataclass
@@ -148,6 +157,13 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
                 lookup.client.last_seen, lookup.client.passes = record
                 lookup.client.whitelisted = policy.auto_whitelisted(
                     record, now, settings.senders_passed_ttl, settings.auto_whitelist_clients)
+    whitelist = greylist.whitelists.current() if greylist.whitelists is not None else None
+    for triplet in lookup.triplets:
+        recipient_rule = whitelist.match_recipient(triplet.recipient) if whitelist is not None else None
+        triplet.whitelisted = (lookup.whitelist_rule
+                               or (f"whitelisted:recipient:{recipient_rule}" if recipient_rule else None)
+                               or ("auto-whitelisted" if lookup.client and lookup.client.whitelisted
+                                   else None))
     return lookup
 
 

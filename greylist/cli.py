@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import dbm
 import difflib
+import gzip
+import io
 import json
 import os
 import shutil
@@ -304,16 +306,20 @@ def command_purge(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     settings = _load_settings_only(args)
 
+    if not args.logfiles and sys.stdin.isatty():
+        raise CommandError("give the mail log's files (rotated .gz ones too), "
+                           "or send the log on standard input")
+
     def lines():
         if not args.logfiles:
             yield from sys.stdin
             return
         for path in args.logfiles:
             try:
-                with open(path, encoding="utf-8", errors="replace") as handle:
+                with _text_lines(path, errors="replace") as handle:
                     yield from handle
-            except OSError as error:
-                raise CommandError(f"{path}: {error.strerror}") from None
+            except (OSError, EOFError) as error:
+                raise CommandError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
 
     summary = report.summarise(lines(), settings.ipv4_prefix, settings.ipv6_prefix)
     if args.json:
@@ -329,6 +335,18 @@ def command_report(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot write {args.png}: {error.strerror}") from None
         print(f"histogram drawn to {args.png}", file=sys.stderr)
     return EX_OK
+
+
+def _text_lines(source, errors: str = "strict"):
+    """Lines of text from a path or a binary file, gzip-compressed (a rotated log, an export) or not."""
+    raw = open(source, "rb") if isinstance(source, str) else source
+    compressed = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    if compressed and isinstance(source, str):
+        raw.close()
+        return gzip.open(source, "rt", encoding="utf-8", errors=errors)
+    return io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if compressed else raw,
+                            encoding="utf-8", errors=errors)
 
 
 def _load_settings_only(args: argparse.Namespace) -> Settings:
@@ -361,6 +379,8 @@ def command_install(args: argparse.Namespace) -> int:
         return EX_OK
     config_paths = None
     if args.config:
+        if not os.path.isfile(args.config):
+            raise CommandError(f"{args.config}: no such configuration file; nothing installed")
         config_paths = [os.path.abspath(args.config)]
         try:
             load_settings(config_paths)
@@ -439,24 +459,30 @@ def command_import(args: argparse.Namespace) -> int:
     # Standard input is spooled to a temporary file for that.
     try:
         if args.file in (None, "-"):
-            lines = tempfile.TemporaryFile("w+", encoding="utf-8")
-            shutil.copyfileobj(sys.stdin, lines)
+            if sys.stdin.isatty():
+                raise CommandError("give the export's file, or send it on standard input")
+            spooled = tempfile.TemporaryFile()
+            shutil.copyfileobj(sys.stdin.buffer, spooled)
+            spooled.seek(0)
+            lines = _text_lines(spooled)
         else:
-            lines = open(args.file, encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+            lines = _text_lines(args.file)
+    except OSError as error:
         raise CommandError(f"import failed: {error}") from None
     with lines:
         try:
             lines.seek(0)
             needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
             lines.seek(0)
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, EOFError, UnicodeDecodeError) as error:
             raise CommandError(f"import failed: {error}") from None
         store = _open(settings, with_auto_whitelist=needs_table)
         try:
             count = transfer.write_entries(store, transfer.parse_lines(lines),
                                            _progress_printer("imported"))
-        except (OSError, UnicodeDecodeError, StoreError, transfer.TransferError) as error:
+        except transfer.TransferError as error:
+            raise CommandError(f"import stopped after {error.written:,} entries: {error}") from None
+        except (OSError, EOFError, UnicodeDecodeError, StoreError) as error:
             raise CommandError(f"import failed: {error}") from None
         finally:
             store.close()

@@ -20,7 +20,12 @@ Row = Tuple[str, str, int, Optional[int]]  # table, key, timestamp, count (auto-
 
 
 class TransferError(Exception):
-    """A line of an import that is not an entry; the message says which."""
+    """A line of an import that is not an entry; the message says which.
+
+    ``written``: how many entries, all of those before it, were stored.
+    """
+
+    written = 0
 
 
 def entries(store: Store) -> Iterator[Row]:
@@ -49,16 +54,22 @@ def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) 
                     tx.set(table, key, timestamp)
         batch.clear()
 
-    for row in rows:
-        if row[0] not in store.tables:
-            raise TransferError(f"{store.description} has no table {row[0]} "
-                                f"(turn auto_whitelist_clients on to import it)")
-        batch.append(row)
-        count += 1
-        if len(batch) >= _BATCH:
-            flush()
-            if progress:
-                progress(row[0], count)
+    try:
+        for row in rows:
+            if row[0] not in store.tables:
+                raise TransferError(f"{store.description} has no table {row[0]} "
+                                    f"(turn auto_whitelist_clients on to import it)")
+            batch.append(row)
+            count += 1
+            if len(batch) >= _BATCH:
+                flush()
+                if progress:
+                    progress(row[0], count)
+    except TransferError as error:
+        if batch:
+            flush()  # what came before the bad line is kept, and said so
+        error.written = count
+        raise
     if batch:
         flush()
     if progress:

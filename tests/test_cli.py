@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import pty
 import pwd
 import shutil
 import subprocess
@@ -183,6 +185,9 @@ def test_install_and_uninstall_shim(tmp_path):
     assert run("install", "--target", str(tmp_path), "--name", "greylist").returncode == 1
     assert run("install", "--target", str(tmp_path), "--uninstall").returncode == 0
     assert not (tmp_path / "courier_greylist.py").exists()
+    missing = run("install", "--target", str(tmp_path), "--config", str(tmp_path / "missing.conf"))
+    assert missing.returncode == 1 and "no such configuration file; nothing installed" in missing.stderr
+    assert not (tmp_path / "courier_greylist.py").exists()
 
 
 def test_export_import_roundtrip(tmp_path):
@@ -205,6 +210,16 @@ def test_export_import_roundtrip(tmp_path):
     dump.write_text('{"store": "nope"}\n')
     bad = run("import", "--db-dir", str(target), str(dump))
     assert bad.returncode == 1 and "line 1: not an entry of an export" in bad.stderr
+    # A compressed backup on standard input; a bad line after two good ones keeps those two.
+    lines = exported.stdout.splitlines()
+    packed = gzip.compress("\n".join(lines[:2] + ['{"store": "nope"}'] + lines[2:]).encode() + b"\n")
+    fresh = tmp_path / "d"
+    gz = subprocess.run([sys.executable, "-m", "greylist", "import", "--db-dir", str(fresh)],
+                        input=packed, capture_output=True, cwd=REPO, timeout=60)
+    assert gz.returncode == 1
+    assert gz.stderr.decode() == ("greylist: import stopped after 2 entries: "
+                                  "line 3: not an entry of an export\n")
+    assert len(run("export", "--db-dir", str(fresh)).stdout.splitlines()) == 2
 
 
 def test_migrate_between_dbm_directories(tmp_path):
@@ -265,6 +280,13 @@ def test_show_allow_delete_as_a_user_types_them(tmp_path):
     covered = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
                   "postmaster@example.net", "--ip", "203.0.113.1")
     assert "whitelist: whitelisted:recipient:postmaster@" in covered.stdout
+    assert ("postmaster@example.net: whitelisted:recipient:postmaster@: its messages pass without "
+            "greylisting") in covered.stdout and "next message is greylisted" not in covered.stdout
+    mixed = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
+                "postmaster@example.net", "--recipient", "carol@example.net", "--ip", "203.0.113.1")
+    assert "whitelist:" not in mixed.stdout  # not for the message: carol still waits
+    assert "postmaster@example.net: whitelisted:recipient:postmaster@" in mixed.stdout
+    assert "carol@example.net: unknown: the next message is greylisted" in mixed.stdout
     bad_ip = run("show", "--config", config, "--sender", "a@b", "--recipient", "c@d", "--ip", "nope")
     assert bad_ip.returncode == 1 and "not an IP address" in bad_ip.stderr
     assert run("allow", "--config", config, "--sender", "a@b").returncode == 2  # usage
@@ -343,6 +365,18 @@ def test_report_from_files_and_stdin(tmp_path):
     piped = subprocess.run([sys.executable, "-m", "greylist", "report", "--json"], input=log.read_text(),
                            capture_output=True, text=True, cwd=REPO, timeout=60)
     assert json.loads(piped.stdout)["actions"] == {"greylist": 1, "pass": 1}
+    rotated = tmp_path / "maillog.1.gz"
+    rotated.write_bytes(gzip.compress(log.read_bytes()))
+    both = run("report", "--json", str(log), str(rotated))
+    assert json.loads(both.stdout)["actions"] == {"greylist": 2, "pass": 2}
+    leader, follower = pty.openpty()  # a terminal on stdin: refused at once, never waited on
+    try:
+        waiting = subprocess.run([sys.executable, "-m", "greylist", "report"], stdin=follower,
+                                 capture_output=True, text=True, cwd=REPO, timeout=30)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert waiting.returncode == 1 and "or send the log on standard input" in waiting.stderr
     missing = run("report", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "No such file" in missing.stderr
     png = run("report", str(log), "--png", str(tmp_path / "delays.png"))
