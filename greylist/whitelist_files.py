@@ -23,7 +23,8 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 class WhitelistFileError(Exception):
-    """A whitelist file named in the settings cannot be read at start."""
+    """A whitelist file named in the settings cannot be read at start (one that does not
+    exist yet is not an error: it is read when it appears)."""
 
 
 def resolve(path: str) -> str:
@@ -51,7 +52,7 @@ class WhitelistFiles:
 
     def __init__(self, base: Whitelist, paths: Sequence[str],
                  log: Callable[[str], None]) -> None:
-        """Read every file now; raises WhitelistFileError if one cannot be read."""
+        """Read every file now; raises WhitelistFileError if one exists but cannot be read."""
         self._base = base
         self._paths = [resolve(path) for path in paths]
         self._log = log
@@ -61,6 +62,11 @@ class WhitelistFiles:
         for path in self._paths:
             try:
                 self._files[path] = self._read(path)
+            except FileNotFoundError:
+                # Not there yet (a list the postmaster means to write): mail flows,
+                # and the file is read when it appears.
+                self._files[path] = (None, Whitelist())
+                self._report(path, "does not exist yet; read when it appears")
             except OSError as error:
                 raise WhitelistFileError(f"whitelist file {path}: {error.strerror or error}") from None
         self._merged = self._merge()
@@ -88,6 +94,11 @@ class WhitelistFiles:
         for path in self._paths:
             try:
                 signature = _signature(path)
+            except FileNotFoundError:
+                if self._files[path][0] is not None:
+                    self._report(path, "cannot read it any more (No such file or directory); "
+                                       "keeping its last entries")
+                continue
             except OSError as error:
                 self._report(path, f"cannot read it any more ({error.strerror}); "
                                    f"keeping its last entries")

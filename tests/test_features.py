@@ -134,9 +134,22 @@ def test_whitelist_files_reread_when_changed(env):
     assert sum("cannot read it any more" in line for line in env.lines) == 1
 
 
-def test_missing_whitelist_file_stops_start(env):
-    with pytest.raises(SettingsError, match="whitelist file .*/nowhere: No such file"):
-        env.filter(whitelist_files=(str(env.dir / "nowhere"),))
+def test_a_whitelist_file_that_does_not_exist_yet_is_read_when_it_appears(env):
+    listing = env.dir / "later"
+    f = env.filter(whitelist_files=(str(listing),))  # mail is not stopped for it
+    assert env.lines == [f"greylist: whitelist file {listing}: does not exist yet; read when it appears"]
+    for _ in range(2):
+        assert f.do_filter("", [env.control(ip="198.51.100.9")]).startswith(GREYLIST)
+    assert len(env.lines) == 3  # no line per message about the file
+    listing.write_text("198.51.100.0/24\n")
+    assert f.do_filter("", [env.control(ip="198.51.100.9")]) == ""
+    assert "action=whitelist, reason=whitelisted:client:198.51.100.0/24" in env.lines[-1]
+
+
+def test_an_unreadable_whitelist_file_stops_start(env):
+    (env.dir / "adirectory").mkdir()
+    with pytest.raises(SettingsError, match="whitelist file .*/adirectory: Is a directory"):
+        env.filter(whitelist_files=(str(env.dir / "adirectory"),))
 
 
 def test_builtin_pool_senders(env):
