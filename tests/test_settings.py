@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+import greylist.settings as greylist_settings
 from greylist.settings import Settings, SettingsError, load_settings, parse_value
 
 
@@ -141,16 +142,17 @@ def test_example_file_defaults_and_recommendations(tmp_path):
                            "greylist.conf.example")
     text = open(example).read()
     assert load_settings([example]) == Settings(sources=(example,))  # the defaults, as documented
-    for name in Settings.__dataclass_fields__:
-        if name.startswith("db_") or name == "sources":
-            continue
-        assert f"\n{name} = " in text or f"\n#{name} = " in text, f"{name} is not in the example"
-    # every "recommended:" value parses (in a second file, which overrides the first)
-    recommended = re.findall(r"\n#(\w+ = .*)", text)
-    path = write(tmp_path, "[greylist.py]\n" + "\n".join(recommended) + "\n")
-    s = load_settings([example, path])
-    assert s.auto_whitelist_clients == 5 and s.normalize_senders
-    assert "builtin:pool-senders" in s.whitelist_files
+    keys = re.findall(r"^#?(\w+) = ", text, re.MULTILINE)
+    assert len(keys) == len(set(keys)), "a setting appears twice: uncommenting would duplicate it"
+    greylist_keys = {key for key in greylist_settings._GREYLIST_KEYS if key == key.lower()}
+    assert greylist_keys | set(greylist_settings._TTLDB_KEYS) == set(keys)
+    # Uncommenting every line gives a file that loads: the recommendations, and the
+    # PostgreSQL keys (ignored while type is 'dbm').
+    everything = write(tmp_path, re.sub(r"^#(\w+ = )", r"\1", text, flags=re.MULTILINE))
+    s = load_settings([everything])
+    assert s.auto_whitelist_clients == 5 and s.normalize_senders and s.skip_relayclients
+    assert "builtin:pool-senders" in s.whitelist_files and s.reply.startswith("450 4.2.0")
+    assert s.db_type == "dbm" and s.db_timeout == 5
 
 
 @pytest.mark.parametrize("line, advice", [
