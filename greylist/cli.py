@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-from . import __version__, admin, report, transfer
+from . import __version__, admin, configcheck, report, transfer
 from .filter import GreylistFilter
 from .settings import Settings, SettingsError, load_settings
 from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, PASSED_TABLE, StoreError, open_store
@@ -165,6 +165,13 @@ def command_check(args: argparse.Namespace) -> int:
     if verdict.action == "error" or verdict.reply[:1] == "5":
         return EX_ERROR
     return EX_OK
+
+
+def command_check_config(args: argparse.Namespace) -> int:
+    found = configcheck.check([args.config] if args.config else None, _act_as_store_owner)
+    for line in found.lines():
+        print(line, file=sys.stderr if line.startswith("problem: ") else sys.stdout)
+    return EX_ERROR if found.problems else EX_OK
 
 
 def _data_file(control_path: str) -> Optional[str]:
@@ -544,6 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("control_files", nargs="+", metavar="CONTROLFILE")
     check.set_defaults(handler=command_check)
 
+    check_config = commands.add_parser(
+        "check-config", help="would the dispatcher start with this configuration, and decide normally?",
+        description="Load the settings as the dispatcher does, look at the store (as its owner, "
+                    "creating nothing), read every whitelist file, and print the effective settings "
+                    "with where each came from. Exits 0 when the dispatcher would start and decide "
+                    "normally, 1 with one line per problem otherwise. Run it before every "
+                    "filterctl start.")
+    check_config.add_argument("--config", metavar="PATH",
+                              help="pythonfilter-modules.conf to read (default: the files "
+                                   "courier.config reads)")
+    check_config.set_defaults(handler=command_check_config)
+
     export = commands.add_parser(
         "export", help="write every stored triplet as JSON lines (a backup)",
         description="Write every entry as a JSON line: store, digest, timestamp. "
@@ -652,8 +671,8 @@ def _envelope_address(text: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"check", "install", "export", "import", "migrate", "show", "allow", "delete", "stats",
-             "purge", "report", "-h", "--help", "--version"}
+    known = {"check", "check-config", "install", "export", "import", "migrate", "show", "allow",
+             "delete", "stats", "purge", "report", "-h", "--help", "--version"}
     if argv and argv[0] not in known:
         if not (argv[0].startswith("-") or os.sep in argv[0] or os.path.exists(argv[0])):
             near = difflib.get_close_matches(argv[0], sorted(known - {"-h", "--help", "--version"}), n=1)

@@ -25,7 +25,7 @@ import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from . import policy
 from .envelope import EnvelopeError, read_envelope, read_header_block
@@ -128,6 +128,24 @@ def network_of(address: IPAddress, prefix: int) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
+def open_lists(settings: Settings, log: Callable[[str], None]
+               ) -> Tuple[Optional[WhitelistFiles], Optional[SmtpAccess]]:
+    """The whitelists and Courier's smtpaccess database the settings name, read now.
+
+    Raises SettingsError when one cannot be read.
+    """
+    try:
+        base = build_whitelist(settings.whitelist_clients, settings.whitelist_senders,
+                               settings.whitelist_recipients)
+        whitelists = (WhitelistFiles(base, settings.whitelist_files, log)
+                      if base or settings.whitelist_files else None)
+        smtpaccess = (SmtpAccess(settings.smtpaccess_file or relay_default_path())
+                      if settings.skip_relayclients else None)
+    except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
+        raise SettingsError(str(error)) from None
+    return whitelists, smtpaccess
+
+
 class GreylistFilter:
     """The filter: settings and a store, applied to messages."""
 
@@ -162,17 +180,7 @@ class GreylistFilter:
         self._turn = threading.Lock() if store.decisions_take_turns else contextlib.nullcontext()
         self._last_purge_check = float("-inf")
         self._next_compaction_check = float("-inf")
-        self.whitelists: Optional[WhitelistFiles] = None
-        self.smtpaccess: Optional[SmtpAccess] = None
-        try:
-            base = build_whitelist(settings.whitelist_clients, settings.whitelist_senders,
-                                   settings.whitelist_recipients)
-            if base or settings.whitelist_files:
-                self.whitelists = WhitelistFiles(base, settings.whitelist_files, log)
-            if settings.skip_relayclients:
-                self.smtpaccess = SmtpAccess(settings.smtpaccess_file or relay_default_path())
-        except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
-            raise SettingsError(str(error)) from None
+        self.whitelists, self.smtpaccess = open_lists(settings, log)
 
     # --- the dispatcher's call ---------------------------------------------------
 

@@ -326,8 +326,13 @@ def _read_file(path: str) -> Optional[configparser.RawConfigParser]:
 def load_settings(
     config_paths: Optional[Sequence[str]] = None,
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    origins: Optional[dict] = None,
 ) -> Settings:
-    """Read the configuration files (later files override earlier ones)."""
+    """Read the configuration files (later files override earlier ones).
+
+    ``origins``, if given, is filled with where each setting that a file set
+    came from: ``{name: "path [section] key"}``.
+    """
     paths = standard_config_paths() if config_paths is None else list(config_paths)
     values: dict = {}
     sources = []
@@ -357,4 +362,6 @@ def load_settings(
                     raise SettingsError(f"{path}: [{section}] {key}: {error}") from None
                 if name is not None:
                     values[name] = value
+                    if origins is not None:
+                        origins[name] = f"{path} [{section}] {key}"
     return Settings(sources=tuple(sources), **values)

@@ -283,3 +283,21 @@ def test_purges_of_every_table_in_a_row_each_purge(tmp_path, conninfo):
             assert [store.purge(table, older_than=2) for table in store.tables] == [1, 1, 1]
     finally:
         store.close()
+
+
+def test_check_config_connects_and_looks_at_the_tables(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo)
+
+    def check_config(path):
+        return subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    fresh = check_config(config)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "note: tables greylist_Passed, greylist_NotPassed do not exist yet" in fresh.stdout
+    assert "db_password = '(set)'" in fresh.stdout and conninfo["password"] not in fresh.stdout
+    open_store(load_settings([config])).close()  # the dispatcher made them
+    assert "do not exist yet" not in check_config(config).stdout
+    down = write_pg_config(tmp_path / "down.conf", dict(conninfo, port=1), timeout=1)
+    refused = check_config(down)
+    assert refused.returncode == 1 and "problem: cannot connect to PostgreSQL database" in refused.stderr

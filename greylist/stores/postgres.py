@@ -321,6 +321,12 @@ class PostgresStore(Store):
         finally:
             admin.close()
 
+    def missing_tables(self) -> list:
+        """The tables this store uses that the database does not have (yet)."""
+        conn = self._connection()
+        return [table for table in self.tables
+                if conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0] is None]
+
     # the Store interface
 
     def transaction(self) -> _PgTransaction:

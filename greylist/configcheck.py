@@ -1,0 +1,117 @@
+"""``greylist check-config``: would the dispatcher start with this configuration, and decide normally?
+
+It loads the settings as ``initFilter`` does, looks at the store as the
+dispatcher will use it (without creating anything), reads every whitelist
+file and the smtpaccess database, and tells what it found: the effective
+settings with where each came from, then one line per problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import dbm
+import os
+from typing import Callable, List, Optional, Sequence
+
+from .filter import open_lists
+from .settings import Settings, SettingsError, load_settings
+from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
+
+
+@dataclasses.dataclass
+class Report:
+    """What check-config found."""
+
+    settings: Optional[Settings] = None
+    origins: dict = dataclasses.field(default_factory=dict)
+    notes: List[str] = dataclasses.field(default_factory=list)  # worth knowing, not a problem
+    problems: List[str] = dataclasses.field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        out = []
+        if self.settings is not None:
+            out.append("files read: " + (", ".join(self.settings.sources) or "none (the defaults)"))
+            for field in dataclasses.fields(Settings):
+                if field.name == "sources":
+                    continue
+                value = getattr(self.settings, field.name)
+                if field.name == "db_password" and value:
+                    value = "(set)"
+                out.append(f"  {field.name} = {value!r}  ({self.origins.get(field.name, 'default')})")
+        out += [f"note: {note}" for note in self.notes]
+        out += [f"problem: {problem}" for problem in self.problems]
+        out.append("the dispatcher would start and decide normally" if not self.problems else
+                   f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}: "
+                   f"the dispatcher would not start, or not decide normally")
+        return out
+
+
+def check(config_paths: Optional[Sequence[str]],
+          become_owner: Callable[[Settings], None] = lambda settings: None) -> Report:
+    """Everything check-config looks at; ``become_owner`` switches to the store's owner (root)."""
+    report = Report()
+    for path in config_paths or ():
+        if not os.path.isfile(path):
+            report.problems.append(f"{path}: no such configuration file")
+            return report
+    try:
+        report.settings = settings = load_settings(config_paths, warn=report.notes.append,
+                                                   origins=report.origins)
+    except SettingsError as error:
+        report.problems.append(str(error))
+        return report
+    become_owner(settings)
+    _check_lists(settings, report)
+    if settings.db_type in POSTGRES_TYPES:
+        _check_store(settings, report, postgres=True)
+    else:
+        _check_dbm(settings, report)
+    return report
+
+
+def _check_dbm(settings: Settings, report: Report) -> None:
+    directory = settings.db_dir
+    if not os.path.isdir(directory):
+        report.problems.append(f"store directory {directory} does not exist "
+                               f"(create it, owned by Courier's mail user)")
+        return
+    if not os.access(directory, os.W_OK | os.X_OK):
+        report.problems.append(f"store directory {directory} is not writable by uid {os.geteuid()}")
+        return
+    if dbm.whichdb(os.path.join(directory, PASSED_TABLE)) is None:
+        report.notes.append(f"no store in {directory} yet: the dispatcher will create it")
+        return
+    _check_store(settings, report)
+
+
+def _check_store(settings: Settings, report: Report, postgres: bool = False) -> None:
+    try:
+        store = open_store(settings, readonly=True)
+    except StoreError as error:
+        report.problems.append(str(error))
+        return
+    try:
+        report.notes.append(f"store: {store.description}")
+        if postgres:
+            missing = store.missing_tables()
+            if missing:
+                report.notes.append(f"tables {', '.join(missing)} do not exist yet: "
+                                    f"the dispatcher will create them")
+    except StoreError as error:
+        report.problems.append(str(error))
+    finally:
+        store.close()
+
+
+def _check_lists(settings: Settings, report: Report) -> None:
+    """The whitelist files and smtpaccess, read as the filter reads them at start."""
+    def note(line: str) -> None:
+        report.notes.append(line[len("greylist: "):] if line.startswith("greylist: ") else line)
+
+    try:
+        whitelists, smtpaccess = open_lists(settings, note)
+    except SettingsError as error:
+        report.problems.append(str(error))
+        return
+    if smtpaccess is not None:
+        smtpaccess.close()
