@@ -32,10 +32,14 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
     global _filter
     try:
         settings = load_settings(config_paths)
-        store = open_store(settings)
+        store = open_store(settings, wait_for_server=True)
     except (SettingsError, StoreError) as error:
         stderr_line(f"greylist: cannot start: {error}")
         sys.exit(1)
+    unreachable = getattr(store, "unreachable_at_start", None)
+    if unreachable:
+        stderr_line(f"greylist: {unreachable}; until it answers, each message gets the "
+                    f"on_store_error reply ({settings.on_store_error})")
     try:
         _filter = GreylistFilter(settings, store)
     except SettingsError as error:

@@ -180,7 +180,38 @@ def test_silent_server_is_given_up_after_the_timeout(tmp_path, conninfo, server)
     store.close()
 
 
-def test_unreachable_server_stops_start_with_one_line(tmp_path, conninfo):
+def test_a_server_down_at_start_follows_on_store_error_until_it_answers(tmp_path, conninfo, server):
+    """An MX that boots before its database host: the dispatcher starts, and catches up."""
+    if server is None:
+        pytest.skip("needs the test's own server (GREYLIST_TEST_PG names another)")
+    config = write_pg_config(tmp_path / "m.conf", dict(conninfo, timeout=2), on_store_error="tempfail")
+    control = write_control(str(tmp_path / "C"))
+    script = ("import sys, greylist\n"
+              f"greylist.initFilter([{config!r}])\n"
+              "for line in sys.stdin:\n"
+              f"    print(repr(greylist.doFilter('', [{control!r}])), flush=True)\n")
+    server.stop()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdin.write("message\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == repr(STORE_FAILURE_REPLY) + "\n"  # the server is still down
+    finally:
+        server.start()
+    proc.stdin.write("message\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == repr(GREYLIST + "00:05:00") + "\n"  # tables made, triplet recorded
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    lines = err.splitlines()
+    assert lines[0].startswith("greylist: cannot connect to PostgreSQL database")
+    assert lines[0].endswith("; until it answers, each message gets the on_store_error reply (tempfail)")
+    assert 'Initialized the "greylist" python filter' in err
+    assert sql(conninfo, f"SELECT count(*) FROM {NOT_PASSED_TABLE}") == [(1,)]
+
+
+def test_unreachable_server_stops_a_command_with_one_line(tmp_path, conninfo):
     info = dict(conninfo, port=1)
     config = write_pg_config(tmp_path / "m.conf", info)
     with pytest.raises(StoreOpenError) as caught:
@@ -298,6 +329,6 @@ def test_check_config_connects_and_looks_at_the_tables(tmp_path, conninfo):
     assert "db_password = '(set)'" in fresh.stdout and conninfo["password"] not in fresh.stdout
     open_store(load_settings([config])).close()  # the dispatcher made them
     assert "do not exist yet" not in check_config(config).stdout
-    down = write_pg_config(tmp_path / "down.conf", dict(conninfo, port=1), timeout=1)
+    down = write_pg_config(tmp_path / "down.conf", dict(conninfo, port=1, timeout=1))
     refused = check_config(down)
     assert refused.returncode == 1 and "problem: cannot connect to PostgreSQL database" in refused.stderr

@@ -167,8 +167,12 @@ class Store(abc.ABC):
         """Release files and connections; leaves the store tidy on disk."""
 
 
-def open_store(settings: Settings, readonly: bool = False) -> Store:
-    """Open the store the settings name."""
+def open_store(settings: Settings, readonly: bool = False, wait_for_server: bool = False) -> Store:
+    """Open the store the settings name.
+
+    ``wait_for_server`` (the dispatcher): a PostgreSQL server that does not
+    answer yet does not stop the start; see PostgresStore.
+    """
     auto_whitelist = settings.auto_whitelist_clients > 0
     if settings.db_type == "dbm":
         from .dbm import DbmStore
@@ -179,5 +183,5 @@ def open_store(settings: Settings, readonly: bool = False) -> Store:
 
         return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
                              settings.db_password, timeout=settings.db_timeout, readonly=readonly,
-                             auto_whitelist=auto_whitelist)
+                             auto_whitelist=auto_whitelist, wait_for_server=wait_for_server)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

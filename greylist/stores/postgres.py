@@ -105,6 +105,10 @@ def _round_trip(conn, query: str, timeout: float) -> list:
     return results
 
 
+class _ServerUnreachable(StoreError):
+    """The server did not answer a connection (down, booting, network): it may later."""
+
+
 class _PgTransaction(Transaction):
     """One message in two round trips to the server.
 
@@ -240,7 +244,13 @@ class PostgresStore(Store):
         timeout: float = 5.0,
         readonly: bool = False,
         auto_whitelist: bool = False,
+        wait_for_server: bool = False,
     ) -> None:
+        """Connect, look at the tables and make the reference's if missing.
+
+        ``wait_for_server``: a server that does not answer is not an error here
+        (``unreachable_at_start`` says why); every use tries again.
+        """
         self._psycopg = _psycopg()
         self.readonly = readonly
         self.timeout = timeout
@@ -258,24 +268,47 @@ class PostgresStore(Store):
         self._local = threading.local()
         self._all: list = []
         self._all_lock = threading.Lock()
-        self.tables = TABLES
+        self.tables = TABLES + (AUTO_WHITELIST_TABLE,) if auto_whitelist else TABLES
+        self._auto_whitelist = auto_whitelist
+        self._ready = False  # the tables were looked at (and made), on a first connection
+        self._ready_lock = threading.Lock()
+        self.unreachable_at_start: Optional[str] = None
         try:
-            conn = self._connection()
-            exists = conn.execute("SELECT to_regclass(%s)", (AUTO_WHITELIST_TABLE.lower(),)).fetchone()[0]
-            if auto_whitelist or exists:
-                self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
-            if not readonly:
-                self._create_tables(conn)
+            self._make_ready()
         except StoreError as error:
-            raise StoreOpenError(str(error)) from None
-        except self._psycopg.Error as error:
-            raise StoreOpenError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
+            if not (wait_for_server and isinstance(error, _ServerUnreachable)):
+                raise StoreOpenError(str(error)) from None
+            # The dispatcher starts all the same (an MX may boot before its database
+            # host): each message follows on_store_error until the server answers.
+            self.unreachable_at_start = str(error)
+
+    def _make_ready(self) -> None:
+        """On the first connection: which tables there are, and the reference's made if missing."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                conn = self._connection()
+                exists = conn.execute("SELECT to_regclass(%s)",
+                                      (AUTO_WHITELIST_TABLE.lower(),)).fetchone()[0]
+                if self._auto_whitelist or exists:
+                    self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
+                if not self.readonly:
+                    self._create_tables(conn)
+            except self._psycopg.Error as error:
+                raise StoreError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
+            self._ready = True
 
     # connections
 
     def _connect(self, autocommit: bool = False):
         try:
             return self._psycopg.connect(autocommit=autocommit, **self._params)
+        except self._psycopg.OperationalError as error:
+            raise _ServerUnreachable(f"cannot connect to {self.description}: "
+                                     f"{' '.join(str(error).split())}") from None
         except self._psycopg.Error as error:
             raise StoreError(f"cannot connect to {self.description}: "
                              f"{' '.join(str(error).split())}") from None
@@ -332,6 +365,7 @@ class PostgresStore(Store):
     def transaction(self) -> _PgTransaction:
         if self.readonly:
             raise StoreError(f"{self.description} is open read-only")
+        self._make_ready()
         return _PgTransaction(self)
 
     def purge(
@@ -342,6 +376,7 @@ class PostgresStore(Store):
     ) -> int:
         if self.readonly:
             raise StoreError(f"{self.description} is open read-only; cannot purge")
+        self._make_ready()
         conn = self._connect(autocommit=True)
         removed = 0
         held = False
