@@ -106,7 +106,8 @@ def _round_trip(conn, query: str, timeout: float) -> list:
 
 
 class _ServerUnreachable(StoreError):
-    """The server did not answer a connection (down, booting, network): it may later."""
+    """A connection failed (the server down or booting, the network, but also a refused
+    login: libpq tells them apart only in words): it may succeed later."""
 
 
 class _PgTransaction(Transaction):
