@@ -192,21 +192,20 @@ class DbmStore(Store):
 
     # holding the lock
 
-    def _enter(self, check_files: bool = False) -> None:
+    def _enter(self) -> None:
         """Take the lock and make every table current (another process may have written).
 
-        ``check_files``: look whether each file was replaced even if the fold
-        count says not (a fold must never work from a replaced file).
+        Every write bumps the generation, and every fold also the fold count
+        (a file was replaced): an unchanged generation means nothing to read.
         """
         lock = self._lock
         lock.acquire()
         try:
             generation, folds = lock.read_state()
-            if generation != self._generation or check_files:
+            if generation != self._generation:
                 self._files_replaced = True
-                replaced = check_files or folds != self._folds
                 for table in self._tables.values():
-                    table.refresh(replaced)
+                    table.refresh(folds != self._folds)
                 self._generation, self._folds = generation, folds
             self._wrote = False
             for table in self._opened_per_hold:
@@ -249,7 +248,7 @@ class DbmStore(Store):
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the lock with every table current (for purges and compactions)."""
-        self._enter(check_files=True)
+        self._enter()
         self._files_replaced = True  # a fold replaces files under this hold
         try:
             yield
