@@ -27,6 +27,10 @@ class Report:
     notes: List[str] = dataclasses.field(default_factory=list)  # worth knowing, not a problem
     problems: List[str] = dataclasses.field(default_factory=list)
 
+    def note(self, line: str) -> None:
+        """A log line of the filter's, as a note (without its "greylist: ")."""
+        self.notes.append(line[len("greylist: "):] if line.startswith("greylist: ") else line)
+
     def lines(self) -> List[str]:
         out = []
         if self.settings is not None:
@@ -55,7 +59,7 @@ def check(config_paths: Optional[Sequence[str]],
             report.problems.append(f"{path}: no such configuration file")
             return report
     try:
-        report.settings = settings = load_settings(config_paths, warn=report.notes.append,
+        report.settings = settings = load_settings(config_paths, warn=report.note,
                                                    origins=report.origins)
     except SettingsError as error:
         report.problems.append(str(error))
@@ -105,11 +109,8 @@ def _check_store(settings: Settings, report: Report, postgres: bool = False) -> 
 
 def _check_lists(settings: Settings, report: Report) -> None:
     """The whitelist files and smtpaccess, read as the filter reads them at start."""
-    def note(line: str) -> None:
-        report.notes.append(line[len("greylist: "):] if line.startswith("greylist: ") else line)
-
     try:
-        whitelists, smtpaccess = open_lists(settings, note)
+        whitelists, smtpaccess = open_lists(settings, report.note)
     except SettingsError as error:
         report.problems.append(str(error))
         return

@@ -357,9 +357,12 @@ class PostgresStore(Store):
 
     def missing_tables(self) -> list:
         """The tables this store uses that the database does not have (yet)."""
-        conn = self._connection()
-        return [table for table in self.tables
-                if conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0] is None]
+        try:
+            conn = self._connection()
+            return [table for table in self.tables
+                    if conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0] is None]
+        except self._psycopg.Error as error:
+            raise StoreError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
 
     # the Store interface
 
