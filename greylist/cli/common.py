@@ -1,0 +1,210 @@
+"""What every command of the command line shares: exit codes, settings, the store and its owner."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import dbm
+import gzip
+import io
+import os
+import sys
+from typing import Optional
+
+from ..filter import GreylistFilter
+from ..settings import Settings, SettingsError, load_settings
+from ..stores import ALL_TABLES, PASSED_TABLE, StoreError, open_store
+from ..stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
+from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
+
+EX_OK = 0
+EX_ERROR = 1
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+
+
+class CommandError(Exception):
+    """A failure to report as one line and exit status 1."""
+
+
+def default_db_dir() -> str:
+    """Where the command line keeps a store when no configuration names one."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "courier-greylist")
+
+
+def settings_for(args: argparse.Namespace, create: bool = True) -> Settings:
+    """Settings for a command: --config, else the standard files; --db-dir wins.
+
+    ``create``: make the store directory if missing (commands that only read
+    refuse a missing store instead, see ``_existing``).
+    """
+    try:
+        settings = load_settings([args.config] if args.config else None)
+    except SettingsError as error:
+        raise CommandError(str(error)) from None
+    if args.config and not os.path.exists(args.config):
+        raise CommandError(f"{args.config}: no such configuration file")
+    if args.db_dir:
+        settings = settings.with_db_dir(os.path.abspath(args.db_dir))
+    elif settings.db_type == "dbm" and not settings.sources:
+        settings = settings.with_db_dir(default_db_dir())
+    else:
+        return settings
+    if create:
+        try:
+            os.makedirs(settings.db_dir, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"cannot create store directory {settings.db_dir}: "
+                               f"{error.strerror}") from None
+    return settings
+
+
+def existing_store(settings: Settings) -> Settings:
+    """For the commands that only read: the dbm store must be there already."""
+    if settings.db_type == "dbm" and dbm.whichdb(os.path.join(settings.db_dir, PASSED_TABLE)) is None:
+        raise CommandError(f"no store in {settings.db_dir} (nothing was greylisted there yet; "
+                           f"does --db-dir or [ttldb] dir name the right directory?)")
+    return settings
+
+
+def act_as_store_owner(settings: Settings) -> None:
+    """Run as root, become the store's owner before touching its files.
+
+    A store or lock file left owned by root would lock Courier's mail user
+    out and stop greylisting; so root works on the store as its owner.
+    """
+    if os.geteuid() != 0 or settings.db_type != "dbm":
+        return
+    try:
+        owner = store_owner(settings.db_dir)
+    except OSError:
+        return  # the store will report the missing directory
+    if owner is None:
+        return  # root's own store
+    try:
+        os.setgroups([])
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
+    except OSError as error:
+        raise CommandError(f"cannot act as the owner (uid {owner.st_uid}) of "
+                           f"{settings.db_dir}: {error.strerror}") from None
+
+
+def store_owner(directory: str) -> Optional[os.stat_result]:
+    """Whose store this is: the directory's owner, or, in a directory root owns, the owner
+    of the store's files; None for root's own store."""
+    info = os.stat(directory)
+    if info.st_uid != 0:
+        return info
+    for name in sorted(os.listdir(directory)):
+        if name == LOCK_NAME or name.startswith(ALL_TABLES):
+            found = os.stat(os.path.join(directory, name), follow_symlinks=False)
+            if found.st_uid != 0:
+                return found
+    if info.st_mode & 0o020 and info.st_gid != 0:
+        raise CommandError(f"{directory} belongs to root and is writable by group {info.st_gid}, "
+                           f"and holds no store file of another user yet: run this as Courier's mail "
+                           f"user (files made as root would lock it out), or chown the directory to it")
+    return None
+
+
+def quiet_filter(settings: Settings, store) -> GreylistFilter:
+    """The filter as the dispatcher builds it, quiet and never purging on its own."""
+    # A one-shot command leaves its few changes in the gdbm journal for the
+    # filter's next purge to fold, instead of rewriting a large file on exit.
+    store.fold_on_close = False
+    try:
+        return GreylistFilter(settings, store, log=warn, purge="never")
+    except SettingsError as error:
+        store.close()
+        raise CommandError(str(error)) from None
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def open_filter(args: argparse.Namespace, with_auto_whitelist: bool = False,
+                 read_only: bool = False) -> GreylistFilter:
+    settings = existing_store(settings_for(args, create=False)) if read_only else settings_for(args)
+    act_as_store_owner(settings)
+    return quiet_filter(settings, open_configured_store(settings, with_auto_whitelist=with_auto_whitelist))
+
+
+def client_address(text: str) -> IPAddress:
+    try:
+        return parse_client_ip(text)
+    except InvalidClientAddress as error:
+        raise CommandError(str(error)) from None
+
+
+def on_store(args: argparse.Namespace, action, read_only: bool = False):
+    """Run ``action(filter)`` on the configured store, then close it; errors become one line.
+
+    ``read_only``: the command only reads, and a missing store is an error, not a new one.
+    """
+    greylist = open_filter(args, read_only=read_only)
+    try:
+        return action(greylist)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        greylist.store.close()
+
+
+def open_configured_store(settings: Settings, readonly: bool = False,
+                          with_auto_whitelist: bool = False):
+    if with_auto_whitelist and settings.auto_whitelist_clients <= 0:
+        settings = dataclasses.replace(settings, auto_whitelist_clients=1)  # opens its table
+    try:
+        return open_store(settings, readonly=readonly)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+
+
+def progress_printer(label: str):
+    """Progress on a terminal, rewritten in place; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+    spinner = "|/-\\"
+    state = {"turn": 0}
+
+    def show(table: str, count: int) -> None:
+        if count < 0:
+            print(file=sys.stderr, flush=True)
+            return
+        state["turn"] += 1
+        mark = spinner[state["turn"] % 4] if table else " "
+        print(f"\r{mark} {label}: {count:,} entries{' (' + table + ')' if table else ''}   ",
+              end="" if table else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+def text_lines(source, errors: str = "strict"):
+    """Lines of text from a path or a binary file, gzip-compressed (a rotated log, an export) or not."""
+    raw = open(source, "rb") if isinstance(source, str) else source
+    compressed = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    if compressed and isinstance(source, str):
+        raw.close()
+        return gzip.open(source, "rt", encoding="utf-8", errors=errors)
+    return io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if compressed else raw,
+                            encoding="utf-8", errors=errors)
+
+
+def settings_only(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings([args.config] if args.config else None)
+    except SettingsError as error:
+        raise CommandError(str(error)) from None
+
+
+def envelope_address(text: str) -> str:
+    """An address as a postmaster pastes it from a log or a header: ``<a@b>`` is ``a@b``."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text

@@ -1,0 +1,208 @@
+"""The commands that move data in and out: report, install, export, import, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from .. import report, transfer
+from ..settings import SettingsError, load_settings
+from ..stores import AUTO_WHITELIST_TABLE, StoreError
+from .common import (
+    EX_OK,
+    CommandError,
+    act_as_store_owner,
+    existing_store,
+    open_configured_store,
+    progress_printer,
+    settings_for,
+    settings_only,
+    text_lines,
+)
+
+
+def command_report(args: argparse.Namespace) -> int:
+    settings = settings_only(args)
+
+    if not args.logfiles and sys.stdin.isatty():
+        raise CommandError("give the mail log's files (rotated .gz ones too), "
+                           "or send the log on standard input")
+
+    def lines():
+        if not args.logfiles:
+            yield from sys.stdin
+            return
+        for path in args.logfiles:
+            try:
+                with text_lines(path, errors="replace") as handle:
+                    yield from handle
+            except (OSError, EOFError) as error:
+                raise CommandError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
+
+    summary = report.summarise(lines(), settings.ipv4_prefix, settings.ipv6_prefix)
+    if args.json:
+        print(json.dumps(summary.as_dict(args.top), indent=2))
+    else:
+        print(report.render(summary, args.top), end="")
+    if args.png:
+        try:
+            report.draw_png(summary, args.png)
+        except report.PlotUnavailable as error:
+            raise CommandError(str(error)) from None
+        except OSError as error:
+            raise CommandError(f"cannot write {args.png}: {error.strerror}") from None
+        print(f"histogram drawn to {args.png}", file=sys.stderr)
+    return EX_OK
+
+
+SHIM_NAME = "courier_greylist"
+SHIM_TEMPLATE = '''"""Placed by `greylist install`: lets courier-pythonfilter load courier-greylist.
+
+List "{name}" in pythonfilter.conf.  Remove with `greylist install --uninstall`.
+"""
+
+import greylist as _greylist
+
+
+def initFilter():
+    _greylist.initFilter(config_paths={config_paths!r})
+
+
+doFilter = _greylist.doFilter
+'''
+
+
+def command_install(args: argparse.Namespace) -> int:
+    name = args.name
+    if not name.isidentifier() or name == "greylist":
+        raise CommandError(f"{name!r} cannot be the module name (and 'greylist' would "
+                           f"replace courier-pythonfilter's own module)")
+    target = args.target
+    if target is None:
+        try:
+            import pythonfilter
+        except ImportError:
+            raise CommandError("courier-pythonfilter is not installed for "
+                               f"{sys.executable}") from None
+        target = os.path.dirname(os.path.abspath(pythonfilter.__file__))
+    path = os.path.join(target, name + ".py")
+    if args.uninstall:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise CommandError(f"{path}: not installed") from None
+        print(f"removed {path}; take '{name}' out of pythonfilter.conf")
+        return EX_OK
+    config_paths = None
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise CommandError(f"{args.config}: no such configuration file; nothing installed")
+        config_paths = [os.path.abspath(args.config)]
+        try:
+            load_settings(config_paths)
+        except SettingsError as error:
+            raise CommandError(str(error)) from None
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(SHIM_TEMPLATE.format(name=name, config_paths=config_paths))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror}") from None
+    print(f"installed {path}")
+    print(f"next: list '{name}' in pythonfilter.conf in place of 'greylist', "
+          f"then run: filterctl stop pythonfilter; filterctl start pythonfilter")
+    return EX_OK
+
+
+def command_export(args: argparse.Namespace) -> int:
+    settings = existing_store(settings_for(args, create=False))
+    to_stdout = args.file in (None, "-")
+    try:  # opened as the user who named it, before root becomes the store's owner
+        out = sys.stdout if to_stdout else open(args.file, "w", encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"cannot write {args.file} as uid {os.geteuid()}: {error.strerror}") from None
+    try:
+        act_as_store_owner(settings)
+        store = open_configured_store(settings, readonly=True)
+        try:
+            count = transfer.export_to(store, out, None if to_stdout else progress_printer("exported"))
+        except (OSError, StoreError) as error:
+            raise CommandError(f"export failed: {error}") from None
+        finally:
+            store.close()
+    finally:
+        if not to_stdout:
+            out.close()
+    print(f"greylist: exported {count:,} entries from {store.description}", file=sys.stderr)
+    return EX_OK
+
+
+def command_import(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    act_as_store_owner(settings)
+    # Read twice, streaming (an export of a million entries is ~100 MB): once to
+    # see whether it has auto-whitelist entries, whose table must then be opened.
+    # Standard input is spooled to a temporary file for that.
+    try:
+        if args.file in (None, "-"):
+            if sys.stdin.isatty():
+                raise CommandError("give the export's file, or send it on standard input")
+            spooled = tempfile.TemporaryFile()
+            shutil.copyfileobj(sys.stdin.buffer, spooled)
+            spooled.seek(0)
+            lines = text_lines(spooled)
+        else:
+            lines = text_lines(args.file)
+    except OSError as error:
+        raise CommandError(f"import failed: {error}") from None
+    with lines:
+        try:
+            lines.seek(0)
+            needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
+            lines.seek(0)
+        except (OSError, EOFError, UnicodeDecodeError) as error:
+            raise CommandError(f"import failed: {error}") from None
+        store = open_configured_store(settings, with_auto_whitelist=needs_table)
+        try:
+            count = transfer.write_entries(store, transfer.parse_lines(lines),
+                                           progress_printer("imported"))
+        except transfer.TransferError as error:
+            raise CommandError(f"import stopped after {error.written:,} entries: {error}") from None
+        except (OSError, EOFError, UnicodeDecodeError, StoreError) as error:
+            raise CommandError(f"import failed: {error}") from None
+        finally:
+            store.close()
+    print(f"greylist: imported {count:,} entries into {store.description}", file=sys.stderr)
+    return EX_OK
+
+
+def command_migrate(args: argparse.Namespace) -> int:
+    if not (args.to_config or args.to_db_dir):
+        raise CommandError("say where to copy to: --to-config PATH or --to-db-dir DIR")
+    source_settings = settings_for(args)
+    destination_settings = settings_for(argparse.Namespace(config=args.to_config, db_dir=args.to_db_dir))
+    if source_settings == destination_settings:
+        raise CommandError("source and destination are the same store")
+    act_as_store_owner(destination_settings if destination_settings.db_type == "dbm"
+                        else source_settings)
+    source = open_configured_store(source_settings, readonly=True)
+    try:
+        destination = open_configured_store(destination_settings,
+                            with_auto_whitelist=AUTO_WHITELIST_TABLE in source.tables)
+        try:
+            count = transfer.copy_store(source, destination, progress_printer("copied"))
+        except (StoreError, transfer.TransferError) as error:
+            raise CommandError(f"migration failed: {error}") from None
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    print(f"greylist: copied {count:,} entries from {source.description} "
+          f"to {destination.description}", file=sys.stderr)
+    return EX_OK
