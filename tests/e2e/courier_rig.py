@@ -1,8 +1,7 @@
 """A real Courier MTA on loopback, with the unmodified pythonfilter dispatcher running this package.
 
-Set up exactly as the README's "Installing into Courier" says (a virtual
-environment that Courier's mail user can read, `greylist install`, the line in
-/etc/pythonfilter.conf, a store directory owned by the mail user, filterctl),
+Set up by running the README's install block itself (its fenced block after
+the "the install block" marker, with this run's paths and the wheel CI built),
 plus what a test host needs and a mail server would not: esmtpd on
 127.0.0.1:2525, mail from 127.0.0.1 treated as a remote client (no
 RELAYCLIENT), no DNS look-ups, every outgoing message routed to a dead
@@ -19,6 +18,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +38,24 @@ CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/couri
            "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
            "/etc/pythonfilter.conf",
            "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter"]
+
+
+def readme_install_block() -> str:
+    """The fenced block after the README's "the install block" marker."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    start = text.index("```sh\n", text.index("<!-- the install block")) + len("```sh\n")
+    return text[start:text.index("```", start)]
+
+
+def wheel() -> str:
+    """The wheel CI built into dist/ (.ci/run: python -m build), else one built here now."""
+    dist = os.path.join(REPO, "dist")
+    built = sorted(name for name in os.listdir(dist) if name.endswith(".whl")) if os.path.isdir(dist) else []
+    if not built:
+        run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, REPO, timeout=600)
+        built = sorted(name for name in os.listdir(dist) if name.endswith(".whl"))
+    return os.path.join(dist, built[-1])
 
 
 def run(*command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -129,35 +147,54 @@ class CourierRig:
                 shutil.copy2(path, target, follow_symlinks=False)
 
     def _install_filter(self, greylist_time: int) -> None:
-        """README steps 1 to 4."""
+        """The settings of the run; for this package, the README's install block does the rest."""
         self.base = f"{BASE}-{self.token}"  # a directory of this run's own
         os.makedirs(self.base)
         os.chmod(self.base, 0o755)
-        venv = os.path.join(self.base, "venv")
-        run("/usr/bin/python3", "-m", "venv", venv)
-        run(os.path.join(venv, "bin", "pip"), "install", "-q", REPO, timeout=600)
+        self.venv = os.path.join(self.base, "venv")
         self.store = os.path.join(self.base, "store")
-        courier = pwd.getpwnam("courier")
-        os.makedirs(self.store, mode=0o700)
-        os.chown(self.store, courier.pw_uid, courier.pw_gid)
         self.config = os.path.join(self.base, "pythonfilter-modules.conf")
         extra = ""
         if self.whitelist_file:
             self.whitelist = os.path.join(self.base, "whitelist")
             self.set_whitelist("# empty for now\n")
             extra = f"whitelist_files = [{self.whitelist!r}]\n"
-        with open(self.config, "w") as handle:
-            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}\n"
-                         f"[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
+        with open(self.config, "w") as handle:  # [ttldb] is the install block's to add
+            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}")
         os.chmod(self.config, 0o644)
-        run(os.path.join(venv, "bin", "greylist"), "install", "--config", self.config)
         with open("/etc/pythonfilter.conf", "w") as handle:
-            handle.write(f"{self.filter_name}\n" if self.filter_name else "")
+            handle.write(f"{self.filter_name}\n" if self.filter_name != "courier_greylist" else "")
+        if self.filter_name == "courier_greylist":
+            self._run_readme_install()  # before the test host's DNS is cut off: pip needs it
+            return
+        # Benchmarks: no filter, or courier-pythonfilter's own module, in a venv of their own.
+        run("/usr/bin/python3", "-m", "venv", self.venv)
+        run(os.path.join(self.venv, "bin", "pip"), "install", "-q", REPO, timeout=600)
+        with open(self.config, "a") as handle:
+            handle.write(f"\n[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
+        courier = pwd.getpwnam("courier")
+        os.makedirs(self.store, mode=0o700)
+        os.chown(self.store, courier.pw_uid, courier.pw_gid)
         if self.filter_name == "greylist":  # the reference reads only the standard files
             shutil.copy2(self.config, "/etc/pythonfilter-modules.conf")
         if os.path.lexists("/usr/lib/courier/filters/pythonfilter"):
             os.unlink("/usr/lib/courier/filters/pythonfilter")
-        os.symlink(os.path.join(venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
+        os.symlink(os.path.join(self.venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
+
+    def _run_readme_install(self) -> None:
+        """The README's install block, line for line, with this run's four names."""
+        names = {"PREFIX": self.venv, "PACKAGE": wheel(), "STORE": self.store, "CONFIG": self.config}
+        script = []
+        for line in readme_install_block().splitlines():
+            name = line.split("=", 1)[0]
+            script.append(f"{name}={names.pop(name)}" if name in names and "=" in line else line)
+        assert not names, f"the README's install block no longer sets {sorted(names)}"
+        result = subprocess.run(["bash", "-e", "-c", "\n".join(script)], capture_output=True, text=True,
+                                cwd=REPO, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"the README's install block failed: {result.stdout[-1500:]}"
+                               f"{result.stderr[-1500:]}")
+        self.install_output = result.stdout
 
     def _configure_courier(self) -> None:
         """A test host's needs: loopback port, a remote-looking client, no network."""
@@ -205,7 +242,8 @@ class CourierRig:
         run("authdaemond", "start")
         run("courier", "start")
         run("courierfilter", "start")
-        run("filterctl", "start", "pythonfilter")
+        if self.filter_name != "courier_greylist":  # the README's block made it active
+            run("filterctl", "start", "pythonfilter")
         run("esmtpd", "start")
         self.wait_ready()
 

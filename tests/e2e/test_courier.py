@@ -22,6 +22,7 @@ def rig():
 
 
 def test_new_triplet_gets_4xx_at_end_of_data_then_250(rig):
+    assert rig.install_output.rstrip().endswith("the dispatcher would start and decide normally")
     mark = rig.log_mark()
     recipient = rig.address("bob")
     assert rig.send("alice@sender.example", recipient) == (451, GREYLIST)
