@@ -110,7 +110,7 @@ def _check_store(settings: Settings, report: Report, postgres: bool = False) -> 
 def _check_lists(settings: Settings, report: Report) -> None:
     """The whitelist files and smtpaccess, read as the filter reads them at start."""
     try:
-        whitelists, smtpaccess = open_lists(settings, report.note)
+        _, smtpaccess = open_lists(settings, report.note)
     except SettingsError as error:
         report.problems.append(str(error))
         return
