@@ -86,51 +86,51 @@ def test_control_file_problems(tmp_path):
     assert result.returncode == 0 and "no-client-ip" in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_root_acts_as_store_owner(tmp_path):
-    nobody = pwd.getpwnam("nobody")
-    tmp_path = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
-    os.chmod(tmp_path, 0o755)
-    store = tmp_path / "store"
-    store.mkdir()
-    os.chown(store, nobody.pw_uid, nobody.pw_gid)
-    control = write_control(str(tmp_path / "C"))
-    os.chmod(control, 0o644)
-    result = run("check", "--db-dir", str(store), control)
-    assert result.returncode == 75, result.stderr
-    try:
-        for name in os.listdir(store):
-            assert os.stat(store / name).st_uid == nobody.pw_uid, name
-        assert len(os.listdir(store)) >= 3
-    finally:
-        shutil.rmtree(tmp_path)
+@pytest.fixture
+def beside_nobody():
+    """As root: a store directory and a control file under /tmp that the nobody user can reach.
 
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_root_in_a_group_writable_root_directory_acts_as_the_files_owner(tmp_path):
-    """A directory root owns, writable by Courier's group: root leaves no root-owned file there."""
-    nobody = pwd.getpwnam("nobody")
+    pytest's own tmp_path is root's alone.  Yields (store, control, nobody).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
     base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
     try:
         os.chmod(base, 0o755)
         store = base / "store"
         store.mkdir()
-        os.chown(store, 0, nobody.pw_gid)
-        os.chmod(store, 0o770)
         control = write_control(str(base / "C"))
         os.chmod(control, 0o644)
-        refused = run("check", "--db-dir", str(store), control)  # no file says whose store it is
-        assert refused.returncode == 1 and "run this as Courier's mail user" in refused.stderr
-        assert os.listdir(store) == []
-        DbmStore(str(store)).close()  # as the dispatcher, running as the mail user, would have made them
-        for name in os.listdir(store):
-            os.chown(store / name, nobody.pw_uid, nobody.pw_gid)
-        for command in (["check", "--db-dir", str(store), control], ["purge", "--db-dir", str(store)]):
-            result = run(*command)
-            assert result.returncode in (0, 75), result.stderr
-        assert {os.stat(store / name).st_uid for name in os.listdir(store)} == {nobody.pw_uid}
+        yield store, control, pwd.getpwnam("nobody")
     finally:
         shutil.rmtree(base)
+
+
+def test_root_acts_as_store_owner(beside_nobody):
+    store, control, nobody = beside_nobody
+    os.chown(store, nobody.pw_uid, nobody.pw_gid)
+    result = run("check", "--db-dir", str(store), control)
+    assert result.returncode == 75, result.stderr
+    for name in os.listdir(store):
+        assert os.stat(store / name).st_uid == nobody.pw_uid, name
+    assert len(os.listdir(store)) >= 3
+
+
+def test_root_in_a_group_writable_root_directory_acts_as_the_files_owner(beside_nobody):
+    """A directory root owns, writable by Courier's group: root leaves no root-owned file there."""
+    store, control, nobody = beside_nobody
+    os.chown(store, 0, nobody.pw_gid)
+    os.chmod(store, 0o770)
+    refused = run("check", "--db-dir", str(store), control)  # no file says whose store it is
+    assert refused.returncode == 1 and "run this as Courier's mail user" in refused.stderr
+    assert os.listdir(store) == []
+    DbmStore(str(store)).close()  # as the dispatcher, running as the mail user, would have made them
+    for name in os.listdir(store):
+        os.chown(store / name, nobody.pw_uid, nobody.pw_gid)
+    for command in (["check", "--db-dir", str(store), control], ["purge", "--db-dir", str(store)]):
+        result = run(*command)
+        assert result.returncode in (0, 75), result.stderr
+    assert {os.stat(store / name).st_uid for name in os.listdir(store)} == {nobody.pw_uid}
 
 
 def test_an_unknown_command_suggests_the_nearest_and_creates_nothing(tmp_path):
@@ -154,25 +154,15 @@ def test_read_only_commands_never_make_a_store(tmp_path):
         assert not typo.exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_root_exports_to_a_file_only_root_may_write(tmp_path):
+def test_root_exports_to_a_file_only_root_may_write(tmp_path, beside_nobody):
     """The file named on the command line is opened before root becomes the store's owner."""
-    nobody = pwd.getpwnam("nobody")
-    base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        store = base / "store"
-        store.mkdir()
-        os.chown(store, nobody.pw_uid, nobody.pw_gid)
-        control = write_control(str(base / "C"))
-        os.chmod(control, 0o644)
-        assert run("check", "--db-dir", str(store), control).returncode == 75
-        backup = tmp_path / "backup.jsonl"  # under root's 0700 pytest directory
-        result = run("export", "--db-dir", str(store), str(backup))
-        assert result.returncode == 0, result.stderr
-        assert '"greylist_NotPassed"' in backup.read_text() and backup.stat().st_uid == 0
-    finally:
-        shutil.rmtree(base)
+    store, control, nobody = beside_nobody
+    os.chown(store, nobody.pw_uid, nobody.pw_gid)
+    assert run("check", "--db-dir", str(store), control).returncode == 75
+    backup = tmp_path / "backup.jsonl"  # under root's 0700 pytest directory
+    result = run("export", "--db-dir", str(store), str(backup))
+    assert result.returncode == 0, result.stderr
+    assert '"greylist_NotPassed"' in backup.read_text() and backup.stat().st_uid == 0
 
 
 def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
