@@ -146,12 +146,15 @@ def test_an_unknown_command_suggests_the_nearest_and_creates_nothing(tmp_path):
 
 def test_read_only_commands_never_make_a_store(tmp_path):
     typo = tmp_path / "typo"
-    for command in (["stats"], ["show", *TRIPLET], ["export"]):
+    for command in (["stats"], ["show", *TRIPLET], ["export"],
+                    ["migrate", "--to-db-dir", str(tmp_path / "copy")]):
         result = run(*command, "--db-dir", str(typo))
         assert result.returncode == 1, command
         assert result.stderr == (f"greylist: no store in {typo} (nothing was greylisted there yet; "
                                  f"does --db-dir or [ttldb] dir name the right directory?)\n")
-        assert not typo.exists()
+        assert not typo.exists() and not (tmp_path / "copy").exists()
+    for command in ("export", "migrate", "show", "stats"):  # and --help says so
+        assert "must hold a store" in run(command, "--help").stdout
 
 
 def test_root_exports_to_a_file_only_root_may_write(tmp_path, beside_nobody):

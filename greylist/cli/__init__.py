@@ -43,12 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def with_store_options(sub: argparse.ArgumentParser) -> None:
+    def with_store_options(sub: argparse.ArgumentParser, creates: bool = True) -> None:
         sub.add_argument("--config", metavar="PATH",
                          help="pythonfilter-modules.conf to read (default: the files "
                               "courier.config reads)")
+        whether = "created if missing" if creates else "must hold a store"
         sub.add_argument("--db-dir", metavar="DIR",
-                         help="dbm store directory, created if missing (overrides [ttldb] dir)")
+                         help=f"dbm store directory, {whether} (overrides [ttldb] dir)")
 
     check = commands.add_parser(
         "check", help="decide a message from its control files, as the filter would",
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write every stored triplet as JSON lines (a backup)",
         description="Write every entry as a JSON line: store, digest, timestamp. "
                     "Opens the store read-only.")
-    with_store_options(export)
+    with_store_options(export, creates=False)
     export.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
     export.set_defaults(handler=command_export)
 
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy every entry of the store of --config/--db-dir into the store of "
                     "--to-config/--to-db-dir, with progress on a terminal. Stop the filters "
                     "first, or run it again after switching them over.")
-    with_store_options(migrate)
+    with_store_options(migrate, creates=False)
     migrate.add_argument("--to-config", metavar="PATH", help="configuration naming the destination")
     migrate.add_argument("--to-db-dir", metavar="DIR", help="destination dbm directory")
     migrate.set_defaults(handler=command_migrate)
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="the state of a triplet: pending, passed, unknown or whitelisted",
         description="Show what the stores know of the triplets of --sender, each --recipient "
                     "and --ip, and which whitelist rule, if any, covers them. Changes nothing.")
-    with_store_options(show)
+    with_store_options(show, creates=False)
     with_triplet_options(show)
     show.add_argument("--client-name", help="the client's reverse-DNS name, for name whitelists")
     show.add_argument("--json", action="store_true", help="print JSON")
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", help="entries per store, their ages, auto-whitelisted networks",
         description="Count the entries of every store with an age histogram, and list the "
                     "auto-whitelisted client networks. Reads every entry.")
-    with_store_options(stats)
+    with_store_options(stats, creates=False)
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--top", type=int, default=20, help="networks to list (default 20)")
     stats.set_defaults(handler=command_stats)

@@ -185,7 +185,7 @@ def command_import(args: argparse.Namespace) -> int:
 def command_migrate(args: argparse.Namespace) -> int:
     if not (args.to_config or args.to_db_dir):
         raise CommandError("say where to copy to: --to-config PATH or --to-db-dir DIR")
-    source_settings = settings_for(args)
+    source_settings = existing_store(settings_for(args, create=False))
     destination_settings = settings_for(argparse.Namespace(config=args.to_config, db_dir=args.to_db_dir))
     if source_settings == destination_settings:
         raise CommandError("source and destination are the same store")
