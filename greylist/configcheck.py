@@ -14,7 +14,7 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 from .filter import open_lists
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
 
 
@@ -35,13 +35,15 @@ class Report:
         out = []
         if self.settings is not None:
             out.append("files read: " + (", ".join(self.settings.sources) or "none (the defaults)"))
-            for field in dataclasses.fields(Settings):
-                if field.name == "sources":
-                    continue
-                value = getattr(self.settings, field.name)
-                if field.name == "db_password" and value:
-                    value = "(set)"
-                out.append(f"  {field.name} = {value!r}  ({self.origins.get(field.name, 'default')})")
+            shown_section = None
+            for section, key, name in setting_keys():
+                if section != shown_section:
+                    out.append(f"[{section}]")
+                    shown_section = section
+                value = getattr(self.settings, name)
+                shown = "(set)" if name == "db_password" and value else repr(
+                    list(value) if isinstance(value, tuple) else value)  # as it is written
+                out.append(f"  {key} = {shown}  ({self.origins.get(name, 'default')})")
         out += [f"note: {note}" for note in self.notes]
         out += [f"problem: {problem}" for problem in self.problems]
         out.append("the dispatcher would start and decide normally" if not self.problems else

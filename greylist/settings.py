@@ -298,6 +298,17 @@ _TTLDB_KEYS: dict = {
 _SECTIONS = {GREYLIST_SECTION: _GREYLIST_KEYS, TTLDB_SECTION: _TTLDB_KEYS}
 
 
+def setting_keys() -> list:
+    """Every setting as (section, key, Settings field), under the key we document."""
+    keys, seen = [], set()
+    for section, known in _SECTIONS.items():
+        for key, (name, _check) in known.items():
+            if name is not None and name not in seen:  # the first spelling is the documented one
+                seen.add(name)
+                keys.append((section, key, name))
+    return keys
+
+
 def standard_config_paths() -> list:
     """The files courier.config reads, honouring a changed _standard_config_paths."""
     try:
