@@ -326,7 +326,7 @@ def test_check_config_connects_and_looks_at_the_tables(tmp_path, conninfo):
     fresh = check_config(config)
     assert fresh.returncode == 0, fresh.stderr
     assert "note: tables greylist_Passed, greylist_NotPassed do not exist yet" in fresh.stdout
-    assert "db_password = '(set)'" in fresh.stdout and conninfo["password"] not in fresh.stdout
+    assert "  password = (set)  (" in fresh.stdout and conninfo["password"] not in fresh.stdout
     open_store(load_settings([config])).close()  # the dispatcher made them
     assert "do not exist yet" not in check_config(config).stdout
     down = write_pg_config(tmp_path / "down.conf", dict(conninfo, port=1, timeout=1))
