@@ -179,7 +179,8 @@ def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
     assert f"  learn_only = True  ({config} [greylist.py] learn_only)" in good.stdout
     assert "  greylist_time = 300  (default)" in good.stdout
     # Under the keys a postmaster writes, in their sections, lists as lists:
-    assert f"[ttldb]\n  type = 'dbm'  ({config} [ttldb] type)\n  dir = '{store}'  ({config} [ttldb] dir)\n" in good.stdout
+    assert (f"[ttldb]\n  type = 'dbm'  ({config} [ttldb] type)\n"
+            f"  dir = '{store}'  ({config} [ttldb] dir)\n") in good.stdout
     assert f"  whitelist_files = ['{later}']  (" in good.stdout
     assert f"note: whitelist file {later}: does not exist yet; read when it appears" in good.stdout
     assert f"note: no store in {store} yet: the dispatcher will create it" in good.stdout
