@@ -14,6 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from .filter import GreylistFilter, stderr_line
+from .metrics import Counts, MetricsFile, MetricsUnavailable
 from .settings import SettingsError, load_settings
 from .stores import StoreError, open_store
 
@@ -30,10 +31,15 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
     ``greylist install --config`` writes passes it.
     """
     global _filter
+    counts = metrics_file = None
     try:
         settings = load_settings(config_paths)
+        if settings.metrics_file:
+            counts = Counts()
+            metrics_file = MetricsFile(counts, settings.metrics_file, settings.metrics_interval,
+                                       stderr_line)
         store = open_store(settings, wait_for_server=True)
-    except (SettingsError, StoreError) as error:
+    except (SettingsError, StoreError, MetricsUnavailable) as error:
         stderr_line(f"greylist: cannot start: {error}")
         sys.exit(1)
     unreachable = getattr(store, "unreachable_at_start", None)
@@ -41,7 +47,7 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
         stderr_line(f"greylist: {unreachable}; until it answers, each message gets the "
                     f"on_store_error reply ({settings.on_store_error})")
     try:
-        _filter = GreylistFilter(settings, store)
+        _filter = GreylistFilter(settings, store, counts=counts)
     except SettingsError as error:
         store.close()
         stderr_line(f"greylist: cannot start: {error}")
@@ -50,6 +56,9 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
     # store is closed then, which folds gdbm journals into the files (so that
     # courier-pythonfilter's own module, after a rollback, sees every entry).
     atexit.register(_close_store, store)
+    if metrics_file is not None:
+        metrics_file.start()
+        atexit.register(metrics_file.close)  # runs first: the last figures, then the store
     stderr_line('Initialized the "greylist" python filter')
 
 

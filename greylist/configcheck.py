@@ -14,6 +14,7 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 from .filter import open_lists
+from .metrics import Counts, MetricsUnavailable, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
 
@@ -68,6 +69,8 @@ def check(config_paths: Optional[Sequence[str]],
         return report
     become_owner(settings)
     _check_lists(settings, report)
+    if settings.metrics_file:
+        _check_metrics(settings, report)
     if settings.db_type in POSTGRES_TYPES:
         _check_store(settings, report, postgres=True)
     else:
@@ -118,3 +121,16 @@ def _check_lists(settings: Settings, report: Report) -> None:
         return
     if smtpaccess is not None:
         smtpaccess.close()
+
+
+def _check_metrics(settings: Settings, report: Report) -> None:
+    """prometheus_client must be there; an unwritable directory is a warning (the filter retries)."""
+    try:
+        registry_for(Counts())
+    except MetricsUnavailable as error:
+        report.problems.append(str(error))
+        return
+    directory = os.path.dirname(settings.metrics_file)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        report.notes.append(f"metrics file {settings.metrics_file}: directory {directory} is not "
+                            f"writable by uid {os.geteuid()} (the filter will keep trying)")

@@ -24,12 +24,13 @@ import functools
 import ipaddress
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
 
 from . import policy
+from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, read_envelope, read_header_block
 from .maillog import stderr_line
+from .metrics import Counts
 from .relay import SmtpAccess, SmtpAccessError
 from .relay import default_path as relay_default_path
 from .senders import normalize_sender
@@ -45,73 +46,6 @@ INTERNAL_FAILURE_REPLY = "451 Internal failure locating control files"
 STORE_FAILURE_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
 
 _TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE}
-
-
-def log_safe(value: object, limit: int = 200) -> str:
-    """A value fit for one ``key=value`` log line, bounded in length.
-
-    A value of printable characters without spaces or quotes is written as
-    it is; any other is put in double quotes, with control characters,
-    double quotes and backslashes written as ``\\xNN``.  So a line always
-    splits into its pairs, and a person reads ``error="cannot read control
-    file"`` as it is.
-    """
-    text = value if type(value) is str else str(value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if " " not in text and '"' not in text and "\\" not in text and text.isprintable():
-        return text
-    return '"' + "".join(ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}"
-                         for ch in text) + '"'
-
-
-@dataclass
-class Verdict:
-    """The outcome for one message: the reply and why."""
-
-    reply: str
-    action: str  # pass | greylist | whitelist | learn | error
-    reason: str
-    sender: Optional[str] = None
-    client_address: Optional[str] = None
-    client_name: Optional[str] = None
-    recipients: list = field(default_factory=list)
-    decision: Optional[policy.Decision] = None
-    error: Optional[str] = None
-    spf_domain: Optional[str] = None  # the triplets were keyed by this SPF-passed domain
-    whitelisted_recipients: int = 0  # recipients left out of greylisting by a whitelist
-
-    def log_line(self) -> str:
-        # Written for every message: one string built up, no intermediate list.
-        safe = log_safe
-        line = f"greylist: action={self.action}, reason={safe(self.reason)}"
-        if self.action == "learn":
-            line += ", would=greylist"
-        if self.client_address is not None:
-            line += f", client_address={safe(self.client_address)}"
-        if self.client_name:
-            line += f", client_name={safe(self.client_name)}"
-        if self.sender is not None:
-            line += f", sender={safe(self.sender)}"
-        recipients = self.recipients
-        if recipients:
-            line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
-            if len(recipients) > 5:
-                line += f",+{len(recipients) - 5}"
-        if self.spf_domain:
-            line += f", spf_domain={safe(self.spf_domain)}"
-        if self.whitelisted_recipients:
-            line += f", whitelisted_recipients={self.whitelisted_recipients}"
-        decision = self.decision
-        if decision is not None:
-            if not decision.accept:
-                line += f", wait={policy.format_wait(decision.wait)}"
-            delays = [o.pending_for for o in decision.outcomes if o.pending_for is not None]
-            if delays:
-                line += f", delay={int(max(delays))}"
-        if self.error:
-            line += f", error={safe(self.error, 300)}"
-        return line
 
 
 def _client_name(received_from: Optional[str]) -> Optional[str]:
@@ -156,10 +90,12 @@ class GreylistFilter:
         clock: Callable[[], float] = time.time,
         log: Callable[[str], None] = stderr_line,
         purge: str = "background",  # background | inline | never
+        counts: Optional[Counts] = None,  # what it did, for the metrics file
     ) -> None:
         """Raises SettingsError when a whitelist file or smtpaccess cannot be read."""
         self.settings = settings
         self.store = store
+        self.counts = counts
         self.clock = clock
         self.log = log
         self.purge_mode = purge
@@ -186,6 +122,8 @@ class GreylistFilter:
 
     def do_filter(self, body_path: str, control_paths: Sequence[str]) -> str:
         """Decide one message; always returns a reply string, never raises."""
+        counts = self.counts
+        started = time.perf_counter() if counts is not None else 0.0
         try:
             with self._turn:
                 verdict = self.check(control_paths, body_path)
@@ -193,7 +131,11 @@ class GreylistFilter:
                     self.log(verdict.log_line())
         except Exception as error:  # the last net: nothing escapes into the dispatcher
             self.log(f"greylist: action=error, reason=internal, error={log_safe(repr(error))}")
+            if counts is not None:
+                counts.decided("error", "internal", time.perf_counter() - started)
             return self._store_failure_reply()
+        if counts is not None:
+            counts.decided(verdict.action, verdict.reason, time.perf_counter() - started)
         return verdict.reply
 
     def _store_failure_reply(self) -> str:
@@ -271,6 +213,8 @@ class GreylistFilter:
         try:
             decision = self._decide_in_store(keys, client_key, now)
         except (StoreError, OSError) as error:
+            if self.counts is not None:
+                self.counts.store_error(error)
             verdict.reply, verdict.action = self._store_failure_reply(), "error"
             verdict.reason, verdict.error = "store-failure", str(error)
             return verdict
@@ -321,6 +265,8 @@ class GreylistFilter:
             store.prefetch(AUTO_WHITELIST_TABLE, (client_key,))
         with store.transaction() as tx:
             tx.lock_and_load(keys, (client_key,) if client_key else ())
+            if self.counts is not None:
+                self.counts.lock_waited(tx.waited)
             record = None
             if client_key is not None:
                 record = tx.get_counted(AUTO_WHITELIST_TABLE, client_key)
@@ -387,6 +333,8 @@ class GreylistFilter:
             self.store.compact()
         except Exception as error:
             self.log(f"greylist: compaction failed: {log_safe(repr(error))}")
+            if self.counts is not None:
+                self.counts.store_error(error)
         finally:
             self._purging.release()
 
@@ -394,7 +342,7 @@ class GreylistFilter:
         """Drop expired entries from every store; logs and swallows failures."""
         if not self._purging.acquire(blocking=False):
             return 0
-        removed = 0
+        removed, failed, started = 0, False, time.monotonic()
         try:
             for table in self.store.tables:
                 ttl = (self.settings.senders_not_passed_ttl if table == NOT_PASSED_TABLE
@@ -402,7 +350,13 @@ class GreylistFilter:
                 report = None if progress is None else functools.partial(progress, table)
                 removed += self.store.purge(table, now - ttl, report)
         except Exception as error:
+            failed = True
             self.log(f"greylist: purge failed: {log_safe(repr(error))}")
+            if self.counts is not None:
+                self.counts.store_error(error)
         finally:
             self._purging.release()
+        if self.counts is not None:
+            self.counts.purged(time.monotonic() - started, removed,
+                               self.store.entries_after_purge, failed)
         return removed

@@ -52,6 +52,8 @@ class Settings:
     skip_relayclients: bool = False
     smtpaccess_file: Optional[str] = None  # default: Courier's sysconfdir/smtpaccess.dat
     learn_only: bool = False
+    metrics_file: Optional[str] = None  # Prometheus text file for node_exporter; None: off
+    metrics_interval: float = 15.0
     db_type: str = "dbm"
     db_dir: str = DEFAULT_DB_DIR
     db_host: Optional[str] = None
@@ -204,6 +206,16 @@ def _text(value: Any) -> str:
     return value
 
 
+def _prom_path(value: Any) -> str:
+    value = _text(value)
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    if not value.endswith(".prom"):
+        raise ValueError("the name must end in .prom (node_exporter's textfile collector reads "
+                         "only those)")
+    return value
+
+
 def _port(value: Any) -> int:
     try:
         port = int(value)
@@ -282,6 +294,8 @@ _GREYLIST_KEYS: dict = {
     "skip_relayclients": ("skip_relayclients", _boolean),
     "smtpaccess_file": ("smtpaccess_file", _text),
     "learn_only": ("learn_only", _boolean),
+    "metrics_file": ("metrics_file", _prom_path),
+    "metrics_interval": ("metrics_interval", _positive_duration),
     # The original module's debug switch; accepted and ignored.
     "doDebug": (None, _boolean),
 }

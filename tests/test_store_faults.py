@@ -20,6 +20,7 @@ import pytest
 from helpers import DBM_FLAVOURS, Clock, needs_gdbm, second_waits_for_first, stdlib_contents, write_control
 
 from greylist.filter import GreylistFilter
+from greylist.metrics import Counts
 from greylist.settings import Settings
 from greylist.stores import NOT_PASSED_TABLE, PASSED_TABLE, StoreError, StoreOpenError
 from greylist.stores.dbm import LOCK_NAME, DbmStore, fold_copy
@@ -84,8 +85,9 @@ def test_a_full_disk_during_a_message_loses_nothing_acknowledged(small_disk, fla
     lines: list = []
     clock = Clock()
     store = DbmStore(str(store_dir), flavour=flavour)
+    counts = Counts(clock=clock)
     greylist = GreylistFilter(Settings(db_dir=str(store_dir)), store, clock=clock, log=lines.append,
-                              purge="never")
+                              purge="never", counts=counts)
     controls = small_disk.path.parent
     first = write_control(str(controls / "C1"), "alice@example.com")
     assert greylist.do_filter("", [first]).startswith(GREYLIST)
@@ -96,8 +98,9 @@ def test_a_full_disk_during_a_message_loses_nothing_acknowledged(small_disk, fla
         assert reply == "" or reply.startswith(GREYLIST)
         if reply == "":
             break
-    assert any("action=error, reason=store-failure" in line and "No space left" in line
-               for line in lines)
+    failures = sum("action=error, reason=store-failure" in line and "No space left" in line
+                   for line in lines)
+    assert failures and counts.store_errors == {"ENOSPC": failures}  # what the metrics file says
     assert greylist.do_filter("", [first]) == ""  # the retry: it moves to greylist_Passed, or fails
     small_disk.free()
     second = write_control(str(controls / "C2"), "bob@example.com")

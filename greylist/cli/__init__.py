@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "auto-whitelisted client networks. Reads every entry.")
     with_store_options(stats, creates=False)
     stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--prometheus", action="store_true",
+                       help="print the figures in Prometheus's text format (needs prometheus_client)")
     stats.add_argument("--top", type=int, default=20, help="networks to list (default 20)")
     stats.set_defaults(handler=command_stats)
 

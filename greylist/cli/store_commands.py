@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Optional
 
-from .. import admin, configcheck
+from .. import admin, configcheck, metrics
 from ..stores import StoreError, open_store
 from .common import (
     EX_ERROR,
@@ -113,8 +113,17 @@ def command_delete(args: argparse.Namespace) -> int:
 
 
 def command_stats(args: argparse.Namespace) -> int:
+    if args.prometheus:
+        try:
+            metrics.registry_for(metrics.Counts())
+        except metrics.MetricsUnavailable:
+            raise CommandError("--prometheus needs prometheus_client "
+                               "(pip install 'courier-greylist[metrics]')") from None
     result = on_store(args, lambda greylist: admin.stats(greylist, time.time(), top=args.top),
                        read_only=True)
+    if args.prometheus:
+        sys.stdout.write(metrics.store_figures(result))
+        return EX_OK
     if args.json:
         print(json.dumps(result, indent=2))
         return EX_OK

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import math
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -80,6 +80,9 @@ def format_counted(timestamp: int, count: int) -> bytes:
 class Transaction(abc.ABC):
     """Reads and writes of one message, atomic with respect to other users."""
 
+    # Seconds this transaction waited for other users' locks (set by the store).
+    waited: float = 0.0
+
     def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:  # noqa: B027
         """Announce the keys this transaction will use, before any get.
 
@@ -119,6 +122,8 @@ class Store(abc.ABC):
     # True when deciding is CPU work in this process (dbm): the filter then lets
     # messages take turns.  A network store wants its round trips to overlap.
     decisions_take_turns: bool = True
+    # Entries per table as the last purge of this process left them.
+    entries_after_purge: Dict[str, int]
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager:

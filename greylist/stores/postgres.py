@@ -149,6 +149,7 @@ class _PgTransaction(Transaction):
     def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:
         """BEGIN, take the advisory locks of the triplets (and networks), then read them."""
         unique, counted = sorted(set(keys)), sorted(set(counted_keys))
+        started = time.monotonic()
         try:
             self._load(unique, counted)
         except _RoundTripError as error:
@@ -160,6 +161,10 @@ class _PgTransaction(Transaction):
             self._conn = self._store._connection()
             self._began = False
             self._load(unique, counted)
+        finally:
+            # The locks are taken and the keys read in one round trip: all of
+            # it counts as the wait (a lock another host holds is what makes it long).
+            self.waited = time.monotonic() - started
 
     def _load(self, keys: Sequence[str], counted: Sequence[str]) -> None:
         quote = _quote
@@ -267,6 +272,7 @@ class PostgresStore(Store):
         self._params = {k: v for k, v in self._params.items() if v is not None}
         self.description = f"PostgreSQL database {dbname} on {host or 'localhost'}:{port or 5432}"
         self._local = threading.local()
+        self.entries_after_purge = {}
         self._all: list = []
         self._all_lock = threading.Lock()
         self.tables = TABLES + (AUTO_WHITELIST_TABLE,) if auto_whitelist else TABLES
@@ -397,6 +403,9 @@ class PostgresStore(Store):
                 if progress is not None:
                     progress(removed)
                 if cursor.rowcount < _PURGE_BATCH:
+                    # One scan per purge (hours apart), on the purge's own connection.
+                    self.entries_after_purge[table] = conn.execute(
+                        f"SELECT count(*) FROM {table}").fetchone()[0]
                     return removed
         except self._psycopg.Error as error:
             raise StoreError(f"purge of {table}: {error}".strip()) from error

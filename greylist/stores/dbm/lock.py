@@ -89,13 +89,19 @@ class StoreLock:
 
     # taking and letting go
 
-    def acquire(self) -> None:
-        """Take the lock: first among this process's threads, then among processes."""
+    def acquire(self) -> float:
+        """Take the lock: first among this process's threads, then among processes.
+
+        Returns how many seconds it waited (0.0 when nobody held it: the
+        clock is read only on the way that waits).
+        """
         me = threading.get_ident()
         if self._owner == me:
             # Waiting here would wait for ourselves forever.
             raise StoreError(f"{self.path}: this thread already holds the store lock")
+        started = None
         if not self._thread_lock.acquire(blocking=False):
+            started = time.monotonic()
             self.waiting += 1
             try:
                 self._thread_lock.acquire()
@@ -103,7 +109,12 @@ class StoreLock:
                 self.waiting -= 1
         try:
             if self._fd is not None:
-                fcntl.flock(self._fd, self._mode)
+                try:
+                    fcntl.flock(self._fd, self._mode | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process holds it
+                    if started is None:
+                        started = time.monotonic()
+                    fcntl.flock(self._fd, self._mode)
                 if os.fstat(self._fd).st_nlink == 0:
                     self._follow_the_path()
             self._state = self._read_header()
@@ -112,6 +123,7 @@ class StoreLock:
             self._thread_lock.release()
             raise
         self._owner = me
+        return 0.0 if started is None else time.monotonic() - started
 
     def _follow_the_path(self) -> None:
         """The file we locked was deleted, or replaced by a rename: it has no name left.

@@ -63,15 +63,16 @@ def preferred_flavour() -> str:
 class _DbmTransaction(Transaction):
     """One message's reads and writes; a context manager holding the store lock."""
 
-    __slots__ = ("_store", "_tables")
+    __slots__ = ("_store", "_tables", "waited")
 
     def __init__(self, store: DbmStore) -> None:
         self._store = store
         self._tables = store._tables
+        self.waited = 0.0
 
     def __enter__(self) -> _DbmTransaction:
         try:
-            self._store._enter()
+            self.waited = self._store._enter()
         except OSError as error:
             raise StoreError(f"store in {self._store.directory}: {error}") from error
         return self
@@ -133,6 +134,7 @@ class DbmStore(Store):
             raise StoreOpenError(f"store directory {directory} is not writable "
                                  f"by uid {os.geteuid()}")
         self._tables: dict = {}
+        self.entries_after_purge = {}
         self.tables = TABLES
         if auto_whitelist or dbm.whichdb(os.path.join(directory, AUTO_WHITELIST_TABLE)):
             self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
@@ -192,14 +194,15 @@ class DbmStore(Store):
 
     # holding the lock
 
-    def _enter(self) -> None:
+    def _enter(self) -> float:
         """Take the lock and make every table current (another process may have written).
 
         Every write bumps the generation, and every fold also the fold count
         (a file was replaced): an unchanged generation means nothing to read.
+        Returns the seconds it waited for the lock.
         """
         lock = self._lock
-        lock.acquire()
+        waited = lock.acquire()
         try:
             generation, folds = lock.read_state()
             if generation != self._generation:
@@ -213,6 +216,7 @@ class DbmStore(Store):
         except BaseException:
             lock.release()
             raise
+        return waited
 
     def _exit(self, failed: bool = False) -> None:
         # This runs for every message: only a hold that wrote has changes to
@@ -290,15 +294,26 @@ class DbmStore(Store):
               progress: Optional[Callable[[int], None]] = None) -> int:
         if self.readonly:
             raise StoreError(f"store in {self.directory} is open read-only; cannot purge")
+        examined: list = [None]  # the last count the walk reported: every entry it saw
+
+        def report(count: int) -> None:
+            examined[0] = count
+            if progress is not None:
+                progress(count)
+
         try:
             with self._maintenance:
                 if self.closing.is_set():
                     return 0
                 opened = self._tables[table]
                 if isinstance(opened, GdbmTable):  # a new file without the expired entries
-                    return opened.fold(self, older_than=older_than, progress=progress)
-                removed = self._remove_expired(table, older_than, progress)
-                opened.compact(self)
+                    removed = opened.fold(self, older_than=older_than, progress=report)
+                else:
+                    examined[0] = 0  # an empty table reports nothing
+                    removed = self._remove_expired(table, older_than, report)
+                    opened.compact(self)
+                if examined[0] is not None and not self.closing.is_set():
+                    self.entries_after_purge[table] = max(0, examined[0] - removed)
                 return removed
         except OSError as error:  # gdbm's errors are OSErrors too
             raise StoreError(f"purge of {table} in {self.directory}: {error}") from error

@@ -1,0 +1,209 @@
+"""The metrics file: written by the real dispatcher, read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from helpers import Clock, write_config, write_control
+from test_dispatcher import Dispatcher, greylist
+
+from greylist.filter import GreylistFilter
+from greylist.metrics import Counts, MetricsFile, reason_label
+from greylist.settings import Settings, SettingsError, load_settings
+from greylist.stores.dbm import DbmStore
+
+parser = pytest.importorskip("prometheus_client.parser", reason="pip install prometheus_client")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def samples(text: str) -> dict:
+    """{(sample name, frozenset of labels): value} of an exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in parser.text_string_to_metric_families(text) for s in family.samples}
+
+
+def decisions_of(log: str) -> collections.Counter:
+    """(action, reason label) of every decision line of a log."""
+    return collections.Counter(
+        (action, reason_label(reason))
+        for action, reason in re.findall(r"greylist: action=([a-z]+), reason=([^,\s]+)", log))
+
+
+@pytest.fixture
+def with_metrics(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    prom = tmp_path / "textfile" / "courier-greylist.prom"
+    prom.parent.mkdir()
+    config = write_config(str(tmp_path / "pythonfilter-modules.conf"), str(store), greylist_time=0,
+                          whitelist_clients=["198.51.100.0/24"], metrics_file=str(prom),
+                          metrics_interval=3600)
+    assert greylist("install", "--config", config).returncode == 0
+    yield config, prom
+    greylist("install", "--uninstall")
+
+
+def test_the_dispatcher_writes_what_it_decided_at_exit(tmp_path, with_metrics):
+    config, prom = with_metrics
+    dispatcher = Dispatcher(tmp_path, config)
+    spool = tmp_path / "spool" / "tmp"
+    try:
+        assert dispatcher.wait_ready(), dispatcher.output()
+        body = spool / "D1"
+        body.write_text("Subject: hi\n\nhi\n")
+        messages = [("a@example.com", "192.0.2.10")] * 2 + [("b@example.com", "192.0.2.11")] * 3
+        messages += [("c@example.com", "198.51.100.7"), ("", "192.0.2.10")]
+        for n, (sender, ip) in enumerate(messages):
+            dispatcher.send(str(body), [write_control(str(spool / f"C{n}"), sender, ip=ip)])
+        dispatcher.send(str(body), [str(spool / "missing")])  # an error line
+    finally:
+        log = dispatcher.stop()
+    assert dispatcher.proc.returncode == 0
+    expected = decisions_of(log)
+    assert expected[("whitelist", "whitelisted:client")] == 1 and expected[("pass", "known")] == 1
+    written = samples(prom.read_text())  # every figure written at exit: the interval is an hour
+    got = {(dict(labels)["action"], dict(labels)["reason"]): value
+           for (name, labels), value in written.items() if name == "courier_greylist_decisions_total"}
+    assert got == dict(expected)
+    assert sum(expected.values()) == 8
+    assert written[("courier_greylist_decision_duration_seconds_count", frozenset())] == 8
+    assert written[("courier_greylist_decision_duration_seconds_bucket", frozenset({("le", "+Inf")}))] == 8
+    last = written[("courier_greylist_last_decision_timestamp_seconds", frozenset())]
+    assert time.time() - 60 < last <= time.time()
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"  # node_exporter reads it as another user
+    assert [name for name in os.listdir(prom.parent)] == ["courier-greylist.prom"]  # no temporary left
+
+
+def test_a_failing_write_is_one_line_and_retried_until_it_works(tmp_path):
+    lines: list = []
+    counts = Counts(clock=Clock())
+    prom = tmp_path / "later" / "courier-greylist.prom"
+    metrics = MetricsFile(counts, str(prom), 3600, lines.append)
+    metrics.start()  # the directory does not exist yet: a warning, and the filter goes on
+    assert lines == [f"greylist: metrics file {prom}: directory {prom.parent} is not writable by "
+                     f"uid {os.geteuid()}; trying again every 3600 s"]
+    assert [metrics.write() for _ in range(3)] == [False] * 3 and len(lines) == 1
+    counts.decided("greylist", "new", 0.0002)
+    prom.parent.mkdir()
+    assert metrics.write()
+    assert lines[1:] == [f"greylist: metrics file {prom} written again"]
+    metrics.close()
+    assert samples(prom.read_text())[("courier_greylist_decisions_total",
+                                      frozenset({("action", "greylist"), ("reason", "new")}))] == 1
+
+
+def test_the_file_is_written_every_interval(tmp_path):
+    counts = Counts()
+    prom = tmp_path / "courier-greylist.prom"
+    metrics = MetricsFile(counts, str(prom), 0.01, print)
+    metrics.start()
+    try:
+        counts.decided("pass", "known", 0.0002)
+        deadline = time.monotonic() + 10
+        while not prom.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert prom.exists()  # by the thread: close() has not run yet
+    finally:
+        metrics.close()
+
+
+def test_message_transactions_that_waited_for_the_lock_are_counted(tmp_path):
+    """Store failures are counted by kind in test_store_faults (a real full disk: ENOSPC)."""
+    clock = Clock()
+    counts = Counts(clock=clock)
+    store = DbmStore(str(tmp_path))
+    greylist_filter = GreylistFilter(Settings(db_dir=str(tmp_path)), store, clock=clock,
+                                     log=lambda line: None, purge="never", counts=counts)
+    control = write_control(str(tmp_path / "C"))
+    other = DbmStore(str(tmp_path))
+    holding = other.transaction()
+    holding.__enter__()  # another process's message holds the lock for 100 ms
+    threading.Timer(0.1, holding.__exit__, (None, None, None)).start()
+    greylist_filter.do_filter("", [control])
+    greylist_filter.do_filter("", [control])  # nobody holds it now
+    assert counts.long_lock_waits == 1
+    assert counts.latency_buckets[-1] == 0 and sum(counts.latency_buckets) == 2
+    other.close()
+    store.close()
+
+
+def test_purges_are_counted_with_the_entries_they_left(tmp_path):
+    clock = Clock()
+    counts = Counts(clock=clock)
+    store = DbmStore(str(tmp_path))
+    greylist_filter = GreylistFilter(Settings(db_dir=str(tmp_path)), store, clock=clock,
+                                     log=lambda line: None, purge="never", counts=counts)
+    for n in range(5):
+        greylist_filter.do_filter("", [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com")])
+    clock.advance(2 * 24 * 3600)  # past senders_not_passed_ttl
+    greylist_filter.do_filter("", [write_control(str(tmp_path / "C9"), "late@example.com")])
+    assert greylist_filter.purge(clock()) == 5
+    assert counts.purges == {"ok": 1, "failed": 0} and counts.purge_removed == 5
+    assert counts.entries == {"greylist_NotPassed": 1, "greylist_Passed": 0}
+    assert counts.last_purge == clock()
+    store.close()
+
+
+def test_a_metrics_file_without_prometheus_client_stops_the_start_with_one_line(tmp_path):
+    config = write_config(str(tmp_path / "m.conf"), str(tmp_path),
+                          metrics_file=str(tmp_path / "courier-greylist.prom"))
+    program = ("import sys; sys.modules['prometheus_client'] = None\n"  # as if not installed
+               f"import greylist; greylist.initFilter([{config!r}])")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == ("greylist: cannot start: metrics_file is set, but prometheus_client is not "
+                             "installed (pip install 'courier-greylist[metrics]')\n")
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("'courier-greylist.prom'", "expected an absolute path"),
+    ("'/var/lib/node/courier-greylist.txt'", "the name must end in .prom"),
+])
+def test_metrics_file_must_be_an_absolute_prom_file(tmp_path, value, problem):
+    (tmp_path / "m.conf").write_text(f"[greylist.py]\nmetrics_file = {value}\n")
+    with pytest.raises(SettingsError, match=problem):
+        load_settings([str(tmp_path / "m.conf")])
+
+
+def test_stats_prints_the_store_figures_for_prometheus(tmp_path):
+    clock = Clock()
+    store = DbmStore(str(tmp_path))
+    greylist_filter = GreylistFilter(Settings(db_dir=str(tmp_path)), store, clock=clock,
+                                     log=lambda line: None, purge="never")
+    for n in range(3):
+        greylist_filter.do_filter("", [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com")])
+    store.close()
+    result = greylist("stats", "--prometheus", "--db-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    figures = samples(result.stdout)
+    assert figures[("courier_greylist_stats_entries", frozenset({("table", "greylist_NotPassed")}))] == 3
+    assert figures[("courier_greylist_stats_expired_entries",
+                    frozenset({("table", "greylist_NotPassed")}))] == 3  # the real clock is years later
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_the_filter_writes(tmp_path):
+    counts = Counts()
+    counts.decided("greylist", "new", 0.001)
+    counts.dns_query("list.example", "listed")
+    counts.store_error(OSError(28, "No space left on device"))
+    counts.purged(1.5, 10, {"greylist_Passed": 7}, failed=False)  # now every metric has a sample
+    metrics = MetricsFile(counts, str(tmp_path / "m.prom"), 3600, print)
+    assert metrics.write()
+    written = {name for name, _labels in samples((tmp_path / "m.prom").read_text())}
+    dashboard = json.loads(open(os.path.join(ROOT, "docs", "grafana-dashboard.json")).read())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    with open(os.path.join(ROOT, "docs", "alerts.yml")) as handle:
+        rules = handle.read()
+    expressions += re.findall(r"^ +expr: (.+)$", rules, re.M)
+    assert len(expressions) >= 14 and rules.count("- alert:") == 4
+    used = {name for expression in expressions
+            for name in re.findall(r"\b(courier_greylist_[a-z_]+)", expression)}
+    assert len(used) >= 8 and used <= written, sorted(used - written)
