@@ -30,7 +30,7 @@ from . import policy
 from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, read_envelope, read_header_block
 from .maillog import stderr_line
-from .metrics import Counts
+from .metrics import LONG_LOCK_WAIT, Counts
 from .relay import SmtpAccess, SmtpAccessError
 from .relay import default_path as relay_default_path
 from .senders import normalize_sender
@@ -132,10 +132,12 @@ class GreylistFilter:
         except Exception as error:  # the last net: nothing escapes into the dispatcher
             self.log(f"greylist: action=error, reason=internal, error={log_safe(repr(error))}")
             if counts is not None:
-                counts.decided("error", "internal", time.perf_counter() - started)
+                finished = time.perf_counter()
+                counts.decided("error", "internal", finished - started, finished)
             return self._store_failure_reply()
         if counts is not None:
-            counts.decided(verdict.action, verdict.reason, time.perf_counter() - started)
+            finished = time.perf_counter()
+            counts.decided(verdict.action, verdict.reason, finished - started, finished)
         return verdict.reply
 
     def _store_failure_reply(self) -> str:
@@ -265,8 +267,8 @@ class GreylistFilter:
             store.prefetch(AUTO_WHITELIST_TABLE, (client_key,))
         with store.transaction() as tx:
             tx.lock_and_load(keys, (client_key,) if client_key else ())
-            if self.counts is not None:
-                self.counts.lock_waited(tx.waited)
+            if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
+                self.counts.lock_waited()
             record = None
             if client_key is not None:
                 record = tx.get_counted(AUTO_WHITELIST_TABLE, client_key)

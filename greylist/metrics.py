@@ -6,15 +6,16 @@ node_exporter's textfile collector (one file per producer, no timestamps,
 written to a temporary name beside it and renamed, by prometheus_client's
 ``write_to_textfile``).
 
-A decision only adds to plain numbers under a lock of this module's own
-(about a microsecond); the exposition is built from them by a custom
-collector when the file is written.  The writer never touches the store, so
+A decision only queues what it did (a deque append, no lock); the writer
+counts the queue and builds the exposition from the counts with a custom
+collector when it writes the file.  The writer never touches the store, so
 it never waits for the store lock nor delays a decision.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import os
 import threading
@@ -28,6 +29,7 @@ DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 LONG_LOCK_WAIT = 0.010
 
 PREFIX = "courier_greylist"
+_COUNT_EVERY = 1.0  # seconds between two countings of the queue of decisions
 
 
 class MetricsUnavailable(Exception):
@@ -55,10 +57,11 @@ class Counts:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self.clock = clock
-        self.decisions: Dict[Tuple[str, str], int] = {}
+        self._queued: collections.deque = collections.deque()  # decided, not yet counted
+        self._decisions: Dict[Tuple[str, str], int] = {}
         self.latency_buckets = [0] * (len(DECISION_BUCKETS) + 1)  # the last: above every bound
         self.latency_sum = 0.0
-        self.last_decision: Optional[float] = None
+        self._last_decision: Optional[float] = None  # time.perf_counter()
         self.store_errors: Dict[str, int] = {}
         self.long_lock_waits = 0
         self.purges: Dict[str, int] = {"ok": 0, "failed": 0}
@@ -68,26 +71,39 @@ class Counts:
         self.entries: Dict[str, int] = {}
         self.dns: Dict[Tuple[str, str], int] = {}
 
-    def decided(self, action: str, reason: str, seconds: float) -> None:
-        key = (action, reason_label(reason))
-        slot = bisect.bisect_left(DECISION_BUCKETS, seconds)
-        now = self.clock()
-        with self._lock:
-            self.decisions[key] = self.decisions.get(key, 0) + 1
-            self.latency_buckets[slot] += 1
+    def decided(self, action: str, reason: str, seconds: float, finished: float) -> None:
+        """One message decided in ``seconds``; ``finished`` is time.perf_counter() at its end.
+
+        Runs for every message, so it only queues: a deque's append is
+        thread-safe without a lock, and the counting happens when the
+        figures are read (``_count_queued``), off the message's path.
+        """
+        self._queued.append((action, reason, seconds, finished))
+
+    def _count_queued(self) -> None:
+        """Fold the queued decisions into the counts (under self._lock)."""
+        take = self._queued.popleft
+        while True:
+            try:
+                action, reason, seconds, finished = take()
+            except IndexError:  # empty: appends may go on meanwhile, they wait for the next time
+                return
+            key = (action, reason_label(reason))
+            self._decisions[key] = self._decisions.get(key, 0) + 1
+            self.latency_buckets[bisect.bisect_left(DECISION_BUCKETS, seconds)] += 1
             self.latency_sum += seconds
             if action != "error":
-                self.last_decision = now
+                self._last_decision = finished
 
     def store_error(self, error: BaseException) -> None:
         kind = error_kind(error)
         with self._lock:
             self.store_errors[kind] = self.store_errors.get(kind, 0) + 1
 
-    def lock_waited(self, seconds: float) -> None:
-        if seconds > LONG_LOCK_WAIT:
-            with self._lock:
-                self.long_lock_waits += 1
+    def lock_waited(self) -> None:
+        """A message transaction waited more than LONG_LOCK_WAIT for the store lock."""
+        with self._lock:
+            self.long_lock_waits += 1
 
     def purged(self, seconds: float, removed: int, entries: Dict[str, int], failed: bool) -> None:
         with self._lock:
@@ -102,14 +118,22 @@ class Counts:
         with self._lock:
             self.dns[(zone, result)] = self.dns.get((zone, result), 0) + 1
 
+    @property
+    def decisions(self) -> Dict[Tuple[str, str], int]:
+        """Messages by (action, reason label), a copy."""
+        return self.snapshot()["decisions"]
+
     def snapshot(self) -> dict:
         """A consistent copy, taken under the lock, for one exposition."""
         with self._lock:
+            self._count_queued()
+            last = self._last_decision
             return {
-                "decisions": dict(self.decisions),
+                "decisions": dict(self._decisions),
                 "latency_buckets": list(self.latency_buckets),
                 "latency_sum": self.latency_sum,
-                "last_decision": self.last_decision,
+                # perf_counter's time of it, as Unix time
+                "last_decision": None if last is None else self.clock() - (time.perf_counter() - last),
                 "store_errors": dict(self.store_errors),
                 "long_lock_waits": self.long_lock_waits,
                 "purges": dict(self.purges),
@@ -236,8 +260,15 @@ class MetricsFile:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.write()
+        # The queue of decisions is counted every second at least, so that it
+        # stays short (about a second of mail) whatever the interval.
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(min(_COUNT_EVERY, max(0.0, due - time.monotonic()))):
+            if time.monotonic() >= due:
+                self.write()
+                due = time.monotonic() + self.interval
+            else:
+                self.counts.snapshot()
 
     def write(self) -> bool:
         """Write the file now; a failure is logged once until a write succeeds again."""

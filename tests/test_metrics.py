@@ -91,7 +91,7 @@ def test_a_failing_write_is_one_line_and_retried_until_it_works(tmp_path):
     assert lines == [f"greylist: metrics file {prom}: directory {prom.parent} is not writable by "
                      f"uid {os.geteuid()}; trying again every 3600 s"]
     assert [metrics.write() for _ in range(3)] == [False] * 3 and len(lines) == 1
-    counts.decided("greylist", "new", 0.0002)
+    counts.decided("greylist", "new", 0.0002, time.perf_counter())
     prom.parent.mkdir()
     assert metrics.write()
     assert lines[1:] == [f"greylist: metrics file {prom} written again"]
@@ -106,7 +106,7 @@ def test_the_file_is_written_every_interval(tmp_path):
     metrics = MetricsFile(counts, str(prom), 0.01, print)
     metrics.start()
     try:
-        counts.decided("pass", "known", 0.0002)
+        counts.decided("pass", "known", 0.0002, time.perf_counter())
         deadline = time.monotonic() + 10
         while not prom.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -130,7 +130,8 @@ def test_message_transactions_that_waited_for_the_lock_are_counted(tmp_path):
     greylist_filter.do_filter("", [control])
     greylist_filter.do_filter("", [control])  # nobody holds it now
     assert counts.long_lock_waits == 1
-    assert counts.latency_buckets[-1] == 0 and sum(counts.latency_buckets) == 2
+    buckets = counts.snapshot()["latency_buckets"]
+    assert buckets[-1] == 0 and sum(buckets) == 2
     other.close()
     store.close()
 
@@ -191,7 +192,7 @@ def test_stats_prints_the_store_figures_for_prometheus(tmp_path):
 
 def test_the_dashboard_and_alerts_use_only_metrics_the_filter_writes(tmp_path):
     counts = Counts()
-    counts.decided("greylist", "new", 0.001)
+    counts.decided("greylist", "new", 0.001, time.perf_counter())
     counts.dns_query("list.example", "listed")
     counts.store_error(OSError(28, "No space left on device"))
     counts.purged(1.5, 10, {"greylist_Passed": 7}, failed=False)  # now every metric has a sample
@@ -207,3 +208,22 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_filter_writes(tmp_path):
     used = {name for expression in expressions
             for name in re.findall(r"\b(courier_greylist_[a-z_]+)", expression)}
     assert len(used) >= 8 and used <= written, sorted(used - written)
+
+
+def test_decisions_are_counted_every_second_whatever_the_interval(tmp_path, monkeypatch):
+    """The queue of decisions stays short: the writer counts it between two writes of the file."""
+    monkeypatch.setattr("greylist.metrics._COUNT_EVERY", 0.01)
+    counts = Counts()
+    prom = tmp_path / "courier-greylist.prom"
+    metrics = MetricsFile(counts, str(prom), 3600, print)
+    metrics.start()
+    try:
+        for _ in range(1000):
+            counts.decided("pass", "known", 0.0001, time.perf_counter())
+        deadline = time.monotonic() + 10
+        while counts._queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not counts._queued and not prom.exists()  # counted, not yet written
+    finally:
+        metrics.close()
+    assert counts.decisions == {("pass", "known"): 1000}
