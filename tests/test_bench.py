@@ -26,4 +26,5 @@ def test_features_benchmark_smoke_run():
     result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "features.py"), "--seconds", "0.05"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("us per decision") == 3
+    assert result.stdout.count("us per decision") == 4
+    assert "metrics_file off / on (paired bursts)" in result.stdout
