@@ -227,3 +227,17 @@ def test_decisions_are_counted_every_second_whatever_the_interval(tmp_path, monk
     finally:
         metrics.close()
     assert counts.decisions == {("pass", "known"): 1000}
+
+
+def test_check_config_tells_about_the_metrics_file(tmp_path):
+    prom = tmp_path / "missing-dir" / "courier-greylist.prom"
+    config = write_config(str(tmp_path / "m.conf"), str(tmp_path), metrics_file=str(prom))
+    warned = greylist("check-config", "--config", config)
+    assert warned.returncode == 0, warned.stdout
+    assert (f"note: metrics file {prom}: directory {prom.parent} is not writable by uid {os.geteuid()} "
+            f"(the filter will keep trying)") in warned.stdout
+    program = ("import sys; sys.modules['prometheus_client'] = None\n"
+               f"from greylist.cli import main; sys.exit(main(['check-config', '--config', {config!r}]))")
+    refused = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "problem: metrics_file is set, but prometheus_client is not installed" in refused.stderr
