@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import policy
+from .reputation import Reputation
 
 
 def log_safe(value: object, limit: int = 200) -> str:
@@ -41,6 +42,8 @@ class Verdict:
     error: Optional[str] = None
     spf_domain: Optional[str] = None  # the triplets were keyed by this SPF-passed domain
     whitelisted_recipients: int = 0  # recipients left out of greylisting by a whitelist
+    reputation: Optional[Reputation] = None  # DNS lists and name, when the settings ask
+    message_id: Optional[str] = None  # with match_retry_by_message_id
 
     def log_line(self) -> str:
         # Written for every message: one string built up, no intermediate list.
@@ -63,6 +66,14 @@ class Verdict:
             line += f", spf_domain={safe(self.spf_domain)}"
         if self.whitelisted_recipients:
             line += f", whitelisted_recipients={self.whitelisted_recipients}"
+        reputation = self.reputation
+        if reputation is not None:
+            if reputation.dnsbl:
+                line += f", dnsbl={reputation.dnsbl}"
+            if reputation.dns_failed:
+                line += ", dns=timeout"
+            if self.action in ("greylist", "learn") and reputation.suspicious not in (None, "dnsbl"):
+                line += f", suspicious={reputation.suspicious}"
         decision = self.decision
         if decision is not None:
             if not decision.accept:

@@ -18,6 +18,8 @@ reference's for every input.  Bad records are skipped, never raised on.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -151,3 +153,22 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             _mark_finished(recipients, status_lines, envelope)
         envelope.recipients.extend(address for address, delivered in recipients if not delivered)
     return envelope
+
+
+def message_id(header_block: bytes) -> Optional[str]:
+    """The message's ``Message-ID`` (without angle brackets), or None when it has none.
+
+    Parsed by the standard library's header parser; an id is at most 250
+    characters of printable ASCII, or it is not taken (a retry of the same
+    message carries the same header, byte for byte).
+    """
+    if not header_block:
+        return None
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
+    value = headers.get("Message-ID")
+    if not isinstance(value, str):
+        return None
+    text = " ".join(value.split()).strip("<> ")
+    if not text or len(text) > 250 or not text.isascii() or not text.isprintable():
+        return None
+    return text

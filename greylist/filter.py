@@ -20,23 +20,32 @@ store failure while deciding                    accept, or the tempfail reply wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import threading
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from . import policy
 from .decision_line import Verdict, log_safe
-from .envelope import EnvelopeError, read_envelope, read_header_block
+from .envelope import EnvelopeError, message_id, read_envelope, read_header_block
 from .maillog import stderr_line
 from .metrics import LONG_LOCK_WAIT, Counts
 from .relay import SmtpAccess, SmtpAccessError
 from .relay import default_path as relay_default_path
+from .reputation import DnsListsUnavailable, PatternFileError, ReputationCheck
 from .senders import normalize_sender
 from .settings import Settings, SettingsError
 from .spf import spf_pass_domain
-from .stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE, Store, StoreError
+from .stores import (
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    NOT_PASSED_TABLE,
+    PASSED_TABLE,
+    Store,
+    StoreError,
+)
 from .triplet import InvalidClientAddress, IPAddress, client_network, parse_client_ip, triplet_key
 from .whitelist import WhitelistEntryError
 from .whitelist import build as build_whitelist
@@ -45,7 +54,8 @@ from .whitelist_files import WhitelistFileError, WhitelistFiles
 INTERNAL_FAILURE_REPLY = "451 Internal failure locating control files"
 STORE_FAILURE_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
 
-_TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE}
+_TABLE_OF = {policy.PASSED: PASSED_TABLE, policy.NOT_PASSED: NOT_PASSED_TABLE,
+             policy.MESSAGE_ID: MESSAGE_ID_TABLE}
 
 
 def _client_name(received_from: Optional[str]) -> Optional[str]:
@@ -78,6 +88,32 @@ def open_lists(settings: Settings, log: Callable[[str], None]
     except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
         raise SettingsError(str(error)) from None
     return whitelists, smtpaccess
+
+
+def open_reputation(settings: Settings, counts: Optional[Counts]) -> Optional[ReputationCheck]:
+    """The DNS lists and name patterns the settings ask for, or None.
+
+    Raises SettingsError when dnspython is missing or a pattern file is unusable.
+    """
+    if not (settings.dnswl_zones or settings.dnsbl_zones or settings.greylist_clients == "suspicious"):
+        return None
+    try:
+        return ReputationCheck(settings, on_query=counts.dns_query if counts is not None else None)
+    except (DnsListsUnavailable, PatternFileError) as error:
+        raise SettingsError(str(error)) from None
+
+
+class _TurnLetGo:
+    """Around a DNS wait: the turn held by do_filter is let go, and taken again after."""
+
+    def __init__(self, turn: threading.Lock) -> None:
+        self.turn = turn
+
+    def __enter__(self) -> None:
+        self.turn.release()
+
+    def __exit__(self, *exception) -> None:
+        self.turn.acquire()
 
 
 class GreylistFilter:
@@ -117,6 +153,9 @@ class GreylistFilter:
         self._last_purge_check = float("-inf")
         self._next_compaction_check = float("-inf")
         self.whitelists, self.smtpaccess = open_lists(settings, log)
+        self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)
+                                    if settings.greylist_recipients else None)
+        self.reputation = open_reputation(settings, counts)
 
     # --- the dispatcher's call ---------------------------------------------------
 
@@ -126,7 +165,7 @@ class GreylistFilter:
         started = time.perf_counter() if counts is not None else 0.0
         try:
             with self._turn:
-                verdict = self.check(control_paths, body_path)
+                verdict = self.check(control_paths, body_path, in_turn=True)
                 if self.settings.log_decisions or verdict.action == "error":
                     self.log(verdict.log_line())
         except Exception as error:  # the last net: nothing escapes into the dispatcher
@@ -145,8 +184,13 @@ class GreylistFilter:
 
     # --- the decision ------------------------------------------------------------
 
-    def check(self, control_paths: Sequence[str], body_path: Optional[str] = None) -> Verdict:
-        """Decide one message and record it; the Verdict says what and why."""
+    def check(self, control_paths: Sequence[str], body_path: Optional[str] = None,
+              in_turn: bool = False) -> Verdict:
+        """Decide one message and record it; the Verdict says what and why.
+
+        ``in_turn``: the caller holds the turn (do_filter); it is let go while
+        DNS lists are waited for, so that other messages are decided meanwhile.
+        """
         try:
             envelope = read_envelope(control_paths)
         except EnvelopeError as error:
@@ -205,15 +249,41 @@ class GreylistFilter:
                     return verdict
                 verdict.whitelisted_recipients = len(recipients) - len(kept)
                 recipients = kept
+        if self.greylist_recipients is not None:
+            # Greylisted only when every recipient asked for it: delaying the
+            # message would delay it for the others too (see docs/policy.md).
+            if any(self.greylist_recipients.match_recipient(r) is None for r in recipients):
+                verdict.reason = "recipient-not-greylisted"
+                return verdict
+        timing = self.timing
+        if self.reputation is not None:
+            waiting = _TurnLetGo(self._turn) if in_turn and self.store.decisions_take_turns else None
+            verdict.reputation = reputation = self.reputation.assess(address, verdict.client_name, waiting)
+            if reputation.dnswl:
+                verdict.reason = f"dnswl:{reputation.dnswl}"
+                return verdict
+            if reputation.dnsbl:
+                timing = dataclasses.replace(timing, greylist_time=settings.dnsbl_greylist_time)
+            elif settings.greylist_clients == "suspicious" and not reputation.suspicious:
+                verdict.reason = "not-suspicious"
+                return verdict
 
-        if settings.spf_triplets and body_path:
-            verdict.spf_domain = spf_pass_domain(read_header_block(body_path), envelope.sender)
+        headers = read_header_block(body_path) if body_path and (
+            settings.spf_triplets or settings.match_retry_by_message_id) else b""
+        if settings.spf_triplets and headers:
+            verdict.spf_domain = spf_pass_domain(headers, envelope.sender)
         keys = self.triplet_keys(sender, recipients, address, verdict.spf_domain)
+        message_keys = {}
+        if settings.match_retry_by_message_id:
+            verdict.message_id = message_id(headers)
+            if verdict.message_id is not None:
+                message_keys = dict(zip(keys, self.triplet_keys(sender, recipients, address,
+                                                                message=verdict.message_id)))
         client_key = self.client_key(address)
         now = self.clock()
         self._maybe_purge(now)
         try:
-            decision = self._decide_in_store(keys, client_key, now)
+            decision = self._decide_in_store(keys, client_key, now, timing, message_keys)
         except (StoreError, OSError) as error:
             if self.counts is not None:
                 self.counts.store_error(error)
@@ -227,7 +297,7 @@ class GreylistFilter:
         reasons = {outcome.reason for outcome in decision.outcomes}
         if decision.accept:
             verdict.action = "pass"
-            verdict.reason = "passed" if "passed" in reasons else "known"
+            verdict.reason = next((r for r in ("retry-by-message-id", "passed") if r in reasons), "known")
         else:
             verdict.action = "learn" if settings.learn_only else "greylist"
             verdict.reason = "early-retry" if "early-retry" in reasons else "new"
@@ -236,10 +306,15 @@ class GreylistFilter:
         return verdict
 
     def triplet_keys(self, sender: str, recipients: Sequence[str], address: IPAddress,
-                     spf_domain: Optional[str] = None) -> list:
-        """The store keys of a message's triplets, as the settings shape them."""
+                     spf_domain: Optional[str] = None, message: Optional[str] = None) -> list:
+        """The store keys of a message's triplets, as the settings shape them.
+
+        With ``message`` (a Message-ID), the keys of the Message-ID table instead.
+        """
         settings = self.settings
-        if spf_domain:
+        if message is not None:
+            network = "message-id:" + message
+        elif spf_domain:
             network = "spf:" + spf_domain
         else:
             network = client_network(address, settings.ipv4_prefix, settings.ipv6_prefix)
@@ -255,8 +330,9 @@ class GreylistFilter:
         prefix = self.settings.ipv4_prefix if address.version == 4 else self.settings.ipv6_prefix
         return network_of(address, prefix)
 
-    def _decide_in_store(self, keys: Sequence[str], client_key: Optional[str],
-                         now: float) -> Optional[policy.Decision]:
+    def _decide_in_store(self, keys: Sequence[str], client_key: Optional[str], now: float,
+                         timing: policy.Timing, message_keys: Mapping[str, str]
+                         ) -> Optional[policy.Decision]:
         """Read, decide, write back, in one transaction; None means auto-whitelisted."""
         decision: Optional[policy.Decision] = None
         unique = list(dict.fromkeys(keys))
@@ -266,7 +342,7 @@ class GreylistFilter:
         if client_key is not None:
             store.prefetch(AUTO_WHITELIST_TABLE, (client_key,))
         with store.transaction() as tx:
-            tx.lock_and_load(keys, (client_key,) if client_key else ())
+            tx.lock_and_load(keys, (client_key,) if client_key else (), list(message_keys.values()))
             if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
                 self.counts.lock_waited()
             record = None
@@ -285,7 +361,10 @@ class GreylistFilter:
                 )
                 for key in unique
             }
-            decision = policy.decide(keys, stored, now, self.timing)
+            decision = policy.decide(keys, stored, now, timing)
+            if message_keys and not decision.accept:
+                seen = {key: tx.get(MESSAGE_ID_TABLE, key) for key in message_keys.values()}
+                decision = policy.retried_by_message_id(decision, message_keys, seen, now, timing)
             for write in decision.writes:
                 table = _TABLE_OF[write.store]
                 if write.timestamp is None:
@@ -347,7 +426,7 @@ class GreylistFilter:
         removed, failed, started = 0, False, time.monotonic()
         try:
             for table in self.store.tables:
-                ttl = (self.settings.senders_not_passed_ttl if table == NOT_PASSED_TABLE
+                ttl = (self.settings.senders_not_passed_ttl if table in (NOT_PASSED_TABLE, MESSAGE_ID_TABLE)
                        else self.settings.senders_passed_ttl)
                 report = None if progress is None else functools.partial(progress, table)
                 removed += self.store.purge(table, now - ttl, report)

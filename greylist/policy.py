@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, NamedTuple, Optional, Tuple
 
 PASSED = "passed"
 NOT_PASSED = "not_passed"
+MESSAGE_ID = "message_id"  # sender, recipient and Message-ID -> first greylisted
 
 DEFAULT_REPLY = "451 4.7.1 Greylisting in action, please come back in {wait}"
 
@@ -66,7 +67,7 @@ class Outcome(NamedTuple):
     """How one triplet was decided, for the log and for ``check --explain``."""
 
     key: str
-    reason: str  # new | early-retry | passed | known
+    reason: str  # new | early-retry | passed | known | retry-by-message-id
     wait: float = 0.0
     pending_for: Optional[float] = None  # for "passed": seconds since first attempt
 
@@ -137,6 +138,52 @@ def decide(
             state[key] = StoredState(float(stamp), current.passed)
             decision.outcomes.append(Outcome(key, "new", timing.greylist_time))
     return decision
+
+
+# --- a retry of the same message from another address of the sender's pool ----------
+#
+# Big senders retry from any address of a pool, often in another network, so
+# the retry's triplet is new again.  With match_retry_by_message_id a message
+# that waits is also remembered by sender, recipient and Message-ID; a
+# triplet still waiting passes when the same message was first greylisted
+# at least greylist_time ago, from wherever it came.
+
+
+def retried_by_message_id(decision: Decision, message_keys: Mapping[str, str],
+                          seen: Mapping[str, Optional[float]], now: float, timing: Timing) -> Decision:
+    """The decision once retries of the same message count.
+
+    ``message_keys`` maps a triplet key to its message key; ``seen`` maps a
+    message key to when that message was first greylisted (or None).
+    """
+    stamp = int(now)
+    outcomes, passing, wait = [], set(), 0.0
+    remember: dict = {}
+    for outcome in decision.outcomes:
+        key = outcome.key
+        if outcome.reason not in ("new", "early-retry") or key not in message_keys:
+            outcomes.append(outcome)
+            wait = max(wait, outcome.wait) if outcome.reason in ("new", "early-retry") else wait
+            continue
+        message_key = message_keys[key]
+        first = _live(seen.get(message_key), timing.not_passed_ttl, now)
+        if first is not None and first + timing.greylist_time <= now:
+            passing.add(key)
+            outcomes.append(Outcome(key, "retry-by-message-id", pending_for=now - first))
+            continue
+        left = outcome.wait if first is None else min(outcome.wait, first + timing.greylist_time - now)
+        outcomes.append(outcome._replace(wait=left))
+        wait = max(wait, left)
+        if first is None:
+            remember[message_key] = stamp
+    if not passing and not remember:
+        return decision
+    writes = [w for w in decision.writes if w.key not in passing]
+    for key in dict.fromkeys(k for k in message_keys if k in passing):
+        writes += [Write(PASSED, key, stamp), Write(NOT_PASSED, key, None)]
+    writes += [Write(MESSAGE_ID, message_key, when) for message_key, when in remember.items()]
+    accept = all(o.reason not in ("new", "early-retry") for o in outcomes)
+    return Decision(accept=accept, wait=0.0 if accept else wait, outcomes=outcomes, writes=writes)
 
 
 # --- auto-whitelisting of client networks ------------------------------------------

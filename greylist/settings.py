@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 import configparser
 import difflib
+import ipaddress
 import operator
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
@@ -52,6 +54,15 @@ class Settings:
     skip_relayclients: bool = False
     smtpaccess_file: Optional[str] = None  # default: Courier's sysconfdir/smtpaccess.dat
     learn_only: bool = False
+    dnswl_zones: tuple = ()  # clients listed here pass without greylisting
+    dnsbl_zones: tuple = ()  # clients listed here wait dnsbl_greylist_time
+    dnsbl_greylist_time: float = 1800
+    dns_servers: tuple = ()  # ((address, port), ...); empty: the system's resolvers
+    dns_timeout: float = 2.0
+    greylist_clients: str = "all"  # or "suspicious"
+    generic_rdns_files: tuple = ("builtin:generic-rdns",)
+    match_retry_by_message_id: bool = False
+    greylist_recipients: tuple = ()  # empty: every recipient
     metrics_file: Optional[str] = None  # Prometheus text file for node_exporter; None: off
     metrics_interval: float = 15.0
     db_type: str = "dbm"
@@ -216,6 +227,61 @@ def _prom_path(value: Any) -> str:
     return value
 
 
+_ZONE_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def _zones(value: Any) -> tuple:
+    """DNS list zones: host-name labels only, so a zone can never change a query's meaning."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of DNS zones, e.g. ['zen.spamhaus.org'], got {value!r}")
+    zones = []
+    for zone in value:
+        name = zone.strip().lower().rstrip(".")
+        labels = name.split(".")
+        if len(name) > 200 or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
+            raise ValueError(f"{zone!r} is not a DNS zone name (letters, digits, '-' and '_' "
+                             f"between dots, e.g. 'list.dnswl.org')")
+        zones.append(name)
+    return tuple(zones)
+
+
+def _servers(value: Any) -> tuple:
+    """DNS servers: '192.0.2.53', '192.0.2.53:5353', '2001:db8::53' or '[2001:db8::53]:5353'."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of DNS server addresses, e.g. ['127.0.0.1'], got {value!r}")
+    servers = []
+    for text in value:
+        host, port = text.strip(), 53
+        if host.startswith("[") and "]" in host:
+            host, _, rest = host[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or 53
+        elif host.count(":") == 1:
+            host, _, port = host.partition(":")
+        try:
+            address = str(ipaddress.ip_address(host))
+            port = int(port)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a DNS server address (an IP address, "
+                             f"optionally with :port)") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"{text!r}: port {port} is out of range")
+        servers.append((address, port))
+    return tuple(servers)
+
+
+def _recipient_rules(value: Any) -> tuple:
+    """greylist_recipients: recipient entries, with '.domain' taken as '@.domain'."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = ["@" + v if v.startswith(".") else v for v in value]
+    return _entries("recipient")(value)
+
+
 def _port(value: Any) -> int:
     try:
         port = int(value)
@@ -294,6 +360,15 @@ _GREYLIST_KEYS: dict = {
     "skip_relayclients": ("skip_relayclients", _boolean),
     "smtpaccess_file": ("smtpaccess_file", _text),
     "learn_only": ("learn_only", _boolean),
+    "dnswl_zones": ("dnswl_zones", _zones),
+    "dnsbl_zones": ("dnsbl_zones", _zones),
+    "dnsbl_greylist_time": ("dnsbl_greylist_time", _duration),
+    "dns_servers": ("dns_servers", _servers),
+    "dns_timeout": ("dns_timeout", _positive_duration),
+    "greylist_clients": ("greylist_clients", _choice("all", "suspicious")),
+    "generic_rdns_files": ("generic_rdns_files", _paths),
+    "match_retry_by_message_id": ("match_retry_by_message_id", _boolean),
+    "greylist_recipients": ("greylist_recipients", _recipient_rules),
     "metrics_file": ("metrics_file", _prom_path),
     "metrics_interval": ("metrics_interval", _positive_duration),
     # The original module's debug switch; accepted and ignored.

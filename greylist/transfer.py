@@ -57,8 +57,7 @@ def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) 
     try:
         for row in rows:
             if row[0] not in store.tables:
-                raise TransferError(f"{store.description} has no table {row[0]} "
-                                    f"(turn auto_whitelist_clients on to import it)")
+                raise TransferError(f"{store.description} has no table {row[0]}")
             batch.append(row)
             count += 1
             if len(batch) >= _BATCH:

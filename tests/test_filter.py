@@ -197,7 +197,7 @@ def test_store_failure_accepts_or_tempfails(env):
 def test_unexpected_exception_never_escapes(env):
     f = env.filter()
 
-    def explode(paths, body_path=None):
+    def explode(paths, body_path=None, in_turn=False):
         raise RuntimeError("boom")
 
     f.check = explode

@@ -9,11 +9,18 @@ import gzip
 import io
 import os
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..filter import GreylistFilter
 from ..settings import Settings, SettingsError, load_settings
-from ..stores import ALL_TABLES, PASSED_TABLE, StoreError, open_store
+from ..stores import (
+    ALL_TABLES,
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    PASSED_TABLE,
+    StoreError,
+    open_store,
+)
 from ..stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
 from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
 
@@ -126,11 +133,10 @@ def warn(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def open_filter(args: argparse.Namespace, with_auto_whitelist: bool = False,
-                 read_only: bool = False) -> GreylistFilter:
+def open_filter(args: argparse.Namespace, read_only: bool = False) -> GreylistFilter:
     settings = existing_store(settings_for(args, create=False)) if read_only else settings_for(args)
     act_as_store_owner(settings)
-    return quiet_filter(settings, open_configured_store(settings, with_auto_whitelist=with_auto_whitelist))
+    return quiet_filter(settings, open_configured_store(settings))
 
 
 def client_address(text: str) -> IPAddress:
@@ -154,10 +160,12 @@ def on_store(args: argparse.Namespace, action, read_only: bool = False):
         greylist.store.close()
 
 
-def open_configured_store(settings: Settings, readonly: bool = False,
-                          with_auto_whitelist: bool = False):
-    if with_auto_whitelist and settings.auto_whitelist_clients <= 0:
+def open_configured_store(settings: Settings, readonly: bool = False, with_tables: Sequence[str] = ()):
+    """The settings' store, with the tables of ours ``with_tables`` names opened (made) too."""
+    if AUTO_WHITELIST_TABLE in with_tables and settings.auto_whitelist_clients <= 0:
         settings = dataclasses.replace(settings, auto_whitelist_clients=1)  # opens its table
+    if MESSAGE_ID_TABLE in with_tables:
+        settings = dataclasses.replace(settings, match_retry_by_message_id=True)
     try:
         return open_store(settings, readonly=readonly)
     except StoreError as error:

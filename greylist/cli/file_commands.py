@@ -11,7 +11,7 @@ import tempfile
 
 from .. import report, transfer
 from ..settings import SettingsError, load_settings
-from ..stores import AUTO_WHITELIST_TABLE, StoreError
+from ..stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, StoreError
 from .common import (
     EX_OK,
     CommandError,
@@ -164,11 +164,12 @@ def command_import(args: argparse.Namespace) -> int:
     with lines:
         try:
             lines.seek(0)
-            needs_table = any(AUTO_WHITELIST_TABLE in line for line in lines)
+            needs_tables = {table for line in lines for table in (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE)
+                            if table in line}
             lines.seek(0)
         except (OSError, EOFError, UnicodeDecodeError) as error:
             raise CommandError(f"import failed: {error}") from None
-        store = open_configured_store(settings, with_auto_whitelist=needs_table)
+        store = open_configured_store(settings, with_tables=needs_tables)
         try:
             count = transfer.write_entries(store, transfer.parse_lines(lines),
                                            progress_printer("imported"))
@@ -194,7 +195,7 @@ def command_migrate(args: argparse.Namespace) -> int:
     source = open_configured_store(source_settings, readonly=True)
     try:
         destination = open_configured_store(destination_settings,
-                            with_auto_whitelist=AUTO_WHITELIST_TABLE in source.tables)
+                            with_tables=source.tables)
         try:
             count = transfer.copy_store(source, destination, progress_printer("copied"))
         except (StoreError, transfer.TransferError) as error:

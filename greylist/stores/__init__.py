@@ -22,7 +22,10 @@ TABLES = (PASSED_TABLE, NOT_PASSED_TABLE)
 # Ours, opened only when auto-whitelisting is on (or the table already exists):
 # client network (CIDR text) -> last seen and how many triplets of it passed.
 AUTO_WHITELIST_TABLE = "greylist_AutoWhitelist"
-ALL_TABLES = TABLES + (AUTO_WHITELIST_TABLE,)
+# Ours, opened only with match_retry_by_message_id (or when it exists): a
+# digest of sender, recipient and Message-ID -> when the message was first greylisted.
+MESSAGE_ID_TABLE = "greylist_MessageID"
+ALL_TABLES = TABLES + (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE)
 # [ttldb] type values meaning PostgreSQL: the reference's driver names, and ours.
 POSTGRES_TYPES = ("psycopg2", "pg", "postgresql")
 
@@ -83,10 +86,12 @@ class Transaction(abc.ABC):
     # Seconds this transaction waited for other users' locks (set by the store).
     waited: float = 0.0
 
-    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:  # noqa: B027
+    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = (),  # noqa: B027
+                      message_keys: Sequence[str] = ()) -> None:
         """Announce the keys this transaction will use, before any get.
 
-        ``counted_keys`` are keys of the auto-whitelist table.
+        ``counted_keys`` are keys of the auto-whitelist table, ``message_keys``
+        of the Message-ID table.
 
         A store that locks per key (PostgreSQL) locks them all here, in an
         order that cannot deadlock, and reads them in one go.
@@ -179,14 +184,17 @@ def open_store(settings: Settings, readonly: bool = False, wait_for_server: bool
     answer yet does not stop the start; see PostgresStore.
     """
     auto_whitelist = settings.auto_whitelist_clients > 0
+    message_ids = settings.match_retry_by_message_id
     if settings.db_type == "dbm":
         from .dbm import DbmStore
 
-        return DbmStore(settings.db_dir, readonly=readonly, auto_whitelist=auto_whitelist)
+        return DbmStore(settings.db_dir, readonly=readonly, auto_whitelist=auto_whitelist,
+                        message_ids=message_ids)
     if settings.db_type in POSTGRES_TYPES:
         from .postgres import PostgresStore
 
         return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
                              settings.db_password, timeout=settings.db_timeout, readonly=readonly,
-                             auto_whitelist=auto_whitelist, wait_for_server=wait_for_server)
+                             auto_whitelist=auto_whitelist, message_ids=message_ids,
+                             wait_for_server=wait_for_server)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

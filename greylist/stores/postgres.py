@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-from . import AUTO_WHITELIST_TABLE, TABLES, Store, StoreError, StoreOpenError, Transaction
+from . import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, TABLES, Store, StoreError, StoreOpenError, Transaction
 
 _PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
 _PURGE_BATCH = 1000
@@ -146,12 +146,14 @@ class _PgTransaction(Transaction):
             self._store._forget(conn)
             raise StoreError(f"PostgreSQL: {' '.join(str(error).split())}") from error
 
-    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = ()) -> None:
-        """BEGIN, take the advisory locks of the triplets (and networks), then read them."""
+    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = (),
+                      message_keys: Sequence[str] = ()) -> None:
+        """BEGIN, take the advisory locks of the triplets (networks, messages), then read them."""
         unique, counted = sorted(set(keys)), sorted(set(counted_keys))
+        messages = sorted(set(message_keys))
         started = time.monotonic()
         try:
-            self._load(unique, counted)
+            self._load(unique, counted, messages)
         except _RoundTripError as error:
             if self._writes or not error.broken or error.timed_out:
                 raise  # a timeout already took all the time a message may wait
@@ -160,16 +162,16 @@ class _PgTransaction(Transaction):
             self._store._forget(self._conn)
             self._conn = self._store._connection()
             self._began = False
-            self._load(unique, counted)
+            self._load(unique, counted, messages)
         finally:
             # The locks are taken and the keys read in one round trip: all of
             # it counts as the wait (a lock another host holds is what makes it long).
             self.waited = time.monotonic() - started
 
-    def _load(self, keys: Sequence[str], counted: Sequence[str]) -> None:
+    def _load(self, keys: Sequence[str], counted: Sequence[str], messages: Sequence[str] = ()) -> None:
         quote = _quote
         # Sorted: every host locks in the same order, so no two wait on each other.
-        literals = [quote(key) for key in sorted(set(keys) | set(counted))]
+        literals = [quote(key) for key in sorted(set(keys) | set(counted) | set(messages))]
         # Separate statements: under READ COMMITTED each reads what was
         # committed when it began, so the reads must begin after the locks.
         statements = [] if self._began else ["BEGIN"]
@@ -188,6 +190,9 @@ class _PgTransaction(Transaction):
             listed = ", ".join(quote(key) for key in counted)
             reads.append(f"SELECT 2, rtrim(id), value, passes FROM {AUTO_WHITELIST_TABLE} "
                          f"WHERE id IN ({listed})")
+        if messages:
+            listed = ", ".join(quote(key) for key in messages)
+            reads.append(f"SELECT 3, rtrim(id), value, 0 FROM {MESSAGE_ID_TABLE} WHERE id IN ({listed})")
         if not reads:
             return
         statements.append(" UNION ALL ".join(reads))
@@ -195,6 +200,7 @@ class _PgTransaction(Transaction):
         self._began = True
         found: dict = {(table, key): None for table in TABLES for key in keys}
         found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
+        found.update({(MESSAGE_ID_TABLE, key): None for key in messages})
         rows = results[-1]  # the last result is the reads
         for row in range(rows.ntuples):
             which = int(rows.get_value(row, 0))
@@ -202,13 +208,18 @@ class _PgTransaction(Transaction):
             value = int(rows.get_value(row, 2))
             if which == 2:
                 found[(AUTO_WHITELIST_TABLE, key)] = (float(value), int(rows.get_value(row, 3)))
+            elif which == 3:
+                found[(MESSAGE_ID_TABLE, key)] = value
             else:
                 found[(TABLES[which], key)] = value
         self._cache.update(found)
 
     def get(self, table: str, key: str) -> Optional[float]:
         if (table, key) not in self._cache:
-            self.lock_and_load([key])
+            if table == MESSAGE_ID_TABLE:
+                self.lock_and_load([], (), [key])
+            else:
+                self.lock_and_load([key])
         value = self._cache.get((table, key))
         return None if value is None else float(value)
 
@@ -250,6 +261,7 @@ class PostgresStore(Store):
         timeout: float = 5.0,
         readonly: bool = False,
         auto_whitelist: bool = False,
+        message_ids: bool = False,
         wait_for_server: bool = False,
     ) -> None:
         """Connect, look at the tables and make the reference's if missing.
@@ -275,8 +287,8 @@ class PostgresStore(Store):
         self.entries_after_purge = {}
         self._all: list = []
         self._all_lock = threading.Lock()
-        self.tables = TABLES + (AUTO_WHITELIST_TABLE,) if auto_whitelist else TABLES
-        self._auto_whitelist = auto_whitelist
+        self._wanted = {AUTO_WHITELIST_TABLE: auto_whitelist, MESSAGE_ID_TABLE: message_ids}
+        self.tables = TABLES + tuple(table for table, wanted in self._wanted.items() if wanted)
         self._ready = False  # the tables were looked at (and made), on a first connection
         self._ready_lock = threading.Lock()
         self.unreachable_at_start: Optional[str] = None
@@ -298,10 +310,9 @@ class PostgresStore(Store):
                 return
             try:
                 conn = self._connection()
-                exists = conn.execute("SELECT to_regclass(%s)",
-                                      (AUTO_WHITELIST_TABLE.lower(),)).fetchone()[0]
-                if self._auto_whitelist or exists:
-                    self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
+                self.tables = TABLES + tuple(
+                    table for table, wanted in self._wanted.items()
+                    if wanted or conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0])
                 if not self.readonly:
                     self._create_tables(conn)
             except self._psycopg.Error as error:

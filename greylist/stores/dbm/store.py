@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from .. import (
     AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
     TABLES,
     Store,
     StoreError,
@@ -109,13 +110,13 @@ class DbmStore(Store):
     """The two reference dbm files in one directory, under one lock."""
 
     def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None,
-                 auto_whitelist: bool = False) -> None:
+                 auto_whitelist: bool = False, message_ids: bool = False) -> None:
         """Open (creating if needed) the store in ``directory``.
 
         ``flavour`` chooses the dbm flavour of files that do not exist yet;
         by default it is the one stdlib ``dbm.open`` would create.  The
-        auto-whitelist table is opened when ``auto_whitelist`` asks for it
-        or when its file exists already (so the admin commands see it).
+        auto-whitelist and Message-ID tables are opened when asked for or
+        when their files exist already (so the admin commands see them).
         """
         self.directory = directory
         self.readonly = readonly
@@ -135,9 +136,9 @@ class DbmStore(Store):
                                  f"by uid {os.geteuid()}")
         self._tables: dict = {}
         self.entries_after_purge = {}
-        self.tables = TABLES
-        if auto_whitelist or dbm.whichdb(os.path.join(directory, AUTO_WHITELIST_TABLE)):
-            self.tables = TABLES + (AUTO_WHITELIST_TABLE,)
+        self.tables = TABLES + tuple(
+            name for name, wanted in ((AUTO_WHITELIST_TABLE, auto_whitelist), (MESSAGE_ID_TABLE, message_ids))
+            if wanted or dbm.whichdb(os.path.join(directory, name)))
         # The lock's generation and fold count as this process last saw them.
         self._generation = -1
         self._folds = -1

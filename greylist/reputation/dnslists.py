@@ -1,0 +1,218 @@
+"""DNS lists (DNSWL, DNSBL): is a client listed?  Asked concurrently, cached, bounded in time.
+
+Queries and answers are built and parsed by dnspython; this module only
+sends each query over UDP to every configured server at once and waits, with
+one deadline for all of a message's queries, for the first valid answer to
+each.  A zone that does not answer in time, answers SERVFAIL, or sends
+something that does not parse counts as "not listed": greylisting falls back
+to what it does without DNS lists.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import selectors
+import socket
+import threading
+import time
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+# Answers a list gives for "the query was refused" (a public resolver, a
+# query limit): these are not listings.
+_REFUSED = {ipaddress.ip_address(a) for a in ("127.0.0.255", "127.255.255.254", "127.255.255.255")}
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+_CACHE_SIZE = 10_000
+_LONGEST_TTL = 3600.0  # a listing may end: ask again within the hour at the latest
+_NEGATIVE_TTL = 300.0  # "not listed" without a SOA to say how long
+
+
+class DnsListsUnavailable(Exception):
+    """A zone is configured but dnspython is not installed."""
+
+
+class Answer(NamedTuple):
+    """One zone's verdict on one client."""
+
+    zone: str
+    result: str  # listed | unlisted | refused | timeout | error
+    addresses: Tuple[str, ...] = ()  # the A records it answered
+    cached: bool = False
+
+    @property
+    def listed(self) -> bool:
+        return self.result == "listed"
+
+
+def query_name(address, zone: str) -> str:
+    """The name a DNS list is asked: reversed octets (IPv4) or nibbles (IPv6), then the zone."""
+    if address.version == 4:
+        return ".".join(reversed(str(address).split("."))) + "." + zone
+    return ".".join(reversed(address.exploded.replace(":", ""))) + "." + zone
+
+
+def _dns():
+    try:
+        import dns.exception
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.resolver
+    except ImportError:
+        raise DnsListsUnavailable("DNS list zones are set, but dnspython is not installed "
+                                  "(pip install 'courier-greylist[dns]')") from None
+    return dns
+
+
+def system_servers() -> Tuple[Tuple[str, int], ...]:
+    """The resolvers of /etc/resolv.conf, as dnspython reads them."""
+    dns = _dns()
+    try:
+        resolver = dns.resolver.Resolver()
+    except dns.exception.DNSException:
+        return ()
+    return tuple((str(server), resolver.port) for server in resolver.nameservers)
+
+
+class DnsLists:
+    """Looks clients up in DNS lists, for any number of threads."""
+
+    def __init__(self, servers: Sequence[Tuple[str, int]], timeout: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_query: Optional[Callable[[str, str], None]] = None) -> None:
+        self._dns = _dns()
+        self.servers = tuple(servers) or system_servers()
+        self.timeout = timeout
+        self.clock = clock
+        self.on_query = on_query  # (zone, result) of every query sent: the metrics
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def lookup(self, address, zones: Sequence[str],
+               while_waiting: Optional[ContextManager] = None) -> List[Answer]:
+        """Every zone's answer for a client, in the order of ``zones``.
+
+        ``while_waiting`` is entered around the network wait (not for answers
+        from the cache): the filter lets other messages go meanwhile.
+        """
+        address = getattr(address, "ipv4_mapped", None) or address
+        now = self.clock()
+        answers: Dict[str, Answer] = {}
+        with self._cache_lock:
+            for zone in zones:
+                hit = self._cache.get((zone, address))
+                if hit is not None and hit[0] > now:
+                    self._cache.move_to_end((zone, address))
+                    answers[zone] = hit[1]._replace(cached=True)
+        missing = [zone for zone in zones if zone not in answers]
+        if missing:
+            with while_waiting or contextlib.nullcontext():
+                asked = self._ask(address, missing)
+            for answer, ttl in asked:
+                answers[answer.zone] = answer
+                if self.on_query is not None:
+                    self.on_query(answer.zone, answer.result)
+                if ttl > 0:
+                    self._remember(address, answer, now + ttl)
+        return [answers[zone] for zone in zones]
+
+    def _remember(self, address, answer: Answer, until: float) -> None:
+        with self._cache_lock:
+            self._cache[(answer.zone, address)] = (until, answer)
+            self._cache.move_to_end((answer.zone, address))
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _ask(self, address, zones: Sequence[str]) -> List[Tuple[Answer, float]]:
+        """Send every query to every server at once; wait for all until the deadline."""
+        dns = self._dns
+        deadline = time.monotonic() + self.timeout
+        selector = selectors.DefaultSelector()
+        pending: Dict[str, object] = {}
+        results: List[Tuple[Answer, float]] = []
+        failed: Dict[str, str] = {}
+        try:
+            for zone in zones:
+                query = dns.message.make_query(query_name(address, zone), dns.rdatatype.A)
+                pending[zone] = query
+                for server in self.servers:
+                    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+                    sock = socket.socket(family, socket.SOCK_DGRAM)
+                    sock.setblocking(False)
+                    try:
+                        sock.sendto(query.to_wire(), server)
+                    except OSError:
+                        sock.close()
+                        failed[zone] = "error"
+                        continue
+                    selector.register(sock, selectors.EVENT_READ, (zone, query, server))
+            while pending and selector.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                for key, _ in selector.select(remaining):
+                    zone, query, server = key.data
+                    sock = key.fileobj
+                    selector.unregister(sock)
+                    try:
+                        wire, source = sock.recvfrom(65535)
+                    except OSError:  # ICMP port unreachable: nobody there
+                        failed.setdefault(zone, "error")
+                        continue
+                    finally:
+                        sock.close()
+                    if zone not in pending or not _same_peer(source, server):
+                        continue  # answered already, or not from the server asked
+                    parsed = self._parse(zone, query, wire)
+                    if parsed is None:
+                        failed[zone] = "error"
+                        continue
+                    del pending[zone]
+                    results.append(parsed)
+        finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()
+            selector.close()
+        for zone in pending:  # no usable answer in time: count as not listed, not cached
+            results.append((Answer(zone, "timeout" if failed.get(zone) != "error" else "error"), 0.0))
+        return results
+
+    def _parse(self, zone: str, query, wire: bytes) -> Optional[Tuple[Answer, float]]:
+        """A reply's verdict and how long it may be kept, or None for a reply to ignore."""
+        dns = self._dns
+        try:
+            reply = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None
+        if not query.is_response(reply):
+            return None
+        rcode = reply.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            return Answer(zone, "unlisted"), _negative_ttl(dns, reply)
+        if rcode != dns.rcode.NOERROR:
+            return None  # SERVFAIL, REFUSED: maybe another server knows
+        addresses, ttl = [], _LONGEST_TTL
+        for rrset in reply.answer:
+            if rrset.rdtype == dns.rdatatype.A:
+                ttl = min(ttl, rrset.ttl)
+                addresses += [ipaddress.ip_address(rdata.address) for rdata in rrset]
+        if not addresses:
+            return Answer(zone, "unlisted"), _negative_ttl(dns, reply)
+        listed = [a for a in addresses if a in _LOOPBACK and a not in _REFUSED]
+        result = "listed" if listed else ("refused" if any(a in _REFUSED for a in addresses)
+                                          else "unlisted")
+        if result == "refused":
+            ttl = min(ttl, _NEGATIVE_TTL)
+        return Answer(zone, result, tuple(sorted(str(a) for a in addresses))), float(ttl)
+
+
+def _negative_ttl(dns, reply) -> float:
+    for rrset in reply.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return float(min(rrset.ttl, rrset[0].minimum, _LONGEST_TTL))
+    return _NEGATIVE_TTL
+
+
+def _same_peer(source: tuple, server: Tuple[str, int]) -> bool:
+    return source[1] == server[1] and ipaddress.ip_address(source[0]) == ipaddress.ip_address(server[0])
