@@ -176,8 +176,6 @@ def retried_by_message_id(decision: Decision, message_keys: Mapping[str, str],
         wait = max(wait, left)
         if first is None:
             remember[message_key] = stamp
-    if not passing and not remember:
-        return decision
     writes = [w for w in decision.writes if w.key not in passing]
     for key in dict.fromkeys(k for k in message_keys if k in passing):
         writes += [Write(PASSED, key, stamp), Write(NOT_PASSED, key, None)]

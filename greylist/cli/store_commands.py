@@ -45,6 +45,10 @@ def command_check(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if args.explain:
         print(verdict.log_line(), file=sys.stderr)
+        for line in _reputation_lines(verdict.reputation):
+            print(line, file=sys.stderr)
+        if verdict.message_id is not None:
+            print(f"  message-id {verdict.message_id}", file=sys.stderr)
         if verdict.decision is not None:
             for outcome in verdict.decision.outcomes:
                 print(f"  triplet {outcome.key}: {outcome.reason}", file=sys.stderr)
@@ -53,6 +57,26 @@ def command_check(args: argparse.Namespace) -> int:
     if verdict.action == "error" or verdict.reply[:1] == "5":
         return EX_ERROR
     return EX_OK
+
+
+def _reputation_lines(reputation) -> list:
+    """What check --explain says of DNS lists and the client's name."""
+    if reputation is None:
+        return []
+    lines = []
+    for answer in reputation.answers:
+        said = ", ".join(answer.addresses) or "no address"
+        lines.append(f"  dns {answer.zone}: {answer.result} ({said}"
+                     f"{', from the cache' if answer.cached else ''})")
+    if reputation.dnswl:
+        lines.append(f"  rule: listed on the DNSWL {reputation.dnswl}: not greylisted")
+    elif reputation.dnsbl:
+        lines.append(f"  rule: listed on the DNSBL {reputation.dnsbl}: dnsbl_greylist_time applies")
+    if not reputation.named:
+        lines.append("  name: no reverse-DNS name recorded by Courier")
+    elif reputation.generic:
+        lines.append(f"  name: looks generic ({reputation.generic})")
+    return lines
 
 
 def command_check_config(args: argparse.Namespace) -> int:
