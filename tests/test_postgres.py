@@ -16,6 +16,7 @@ from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import load_settings
 from greylist.stores import (
     AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
     StoreOpenError,
@@ -281,6 +282,28 @@ def test_auto_whitelist_on_postgresql(tmp_path, conninfo):
         clock.advance(60 * 60 * 24 * 37)
         greylist.purge(clock())
         assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == []
+    finally:
+        store.close()
+
+
+def test_a_retry_by_message_id_on_postgresql(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo, match_retry_by_message_id=True)
+    clock = Clock()
+    lines: list = []
+    greylist, store = make_filter(config, clock, lines)
+    body = tmp_path / "D"
+    body.write_text("Message-ID: <retry@example.com>\n\nhi\n")
+    try:
+        first = write_control(str(tmp_path / "C1"), ip="192.0.2.10")
+        assert greylist.do_filter(str(body), [first]).startswith(GREYLIST)
+        clock.advance(301)
+        again = write_control(str(tmp_path / "C2"), ip="198.51.100.10")  # another network of the pool
+        assert greylist.do_filter(str(body), [again]) == ""
+        assert "reason=retry-by-message-id" in lines[-1]
+        assert MESSAGE_ID_TABLE in store.tables and len(list(store.items(MESSAGE_ID_TABLE))) == 1
+        clock.advance(60 * 60 * 25)
+        greylist.purge(clock())  # purged with senders_not_passed_ttl
+        assert list(store.items(MESSAGE_ID_TABLE)) == []
     finally:
         store.close()
 
