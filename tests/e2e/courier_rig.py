@@ -28,6 +28,7 @@ PACKAGES = ["courier-mta", "rsyslog"]
 PORT = 2525
 BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
+_MORE = "# a test's own settings follow"
 # A domain this Courier accepts mail for; deliveries go to a dead loopback port.
 # Courier remembers an address whose delivery failed (/var/lib/courier/track)
 # and refuses it for a while ("556 Address unavailable" after an 8 s delay):
@@ -160,7 +161,7 @@ class CourierRig:
             self.set_whitelist("# empty for now\n")
             extra = f"whitelist_files = [{self.whitelist!r}]\n"
         with open(self.config, "w") as handle:  # [ttldb] is the install block's to add
-            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}")
+            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}{_MORE}\n")
         os.chmod(self.config, 0o644)
         with open("/etc/pythonfilter.conf", "w") as handle:
             handle.write(f"{self.filter_name}\n" if self.filter_name != "courier_greylist" else "")
@@ -195,6 +196,8 @@ class CourierRig:
             raise RuntimeError(f"the README's install block failed: {result.stdout[-1500:]}"
                                f"{result.stderr[-1500:]}")
         self.install_output = result.stdout
+        # The README's "Greylist less": the DNS lists need dnspython in the environment.
+        run(os.path.join(self.venv, "bin", "pip"), "install", "-q", "dnspython", timeout=600)
 
     def _configure_courier(self) -> None:
         """A test host's needs: loopback port, a remote-looking client, no network."""
@@ -268,6 +271,18 @@ class CourierRig:
             handle.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, self.whitelist)
+
+    def set_settings(self, text: str) -> None:
+        """Settings of a test's own in [greylist.py] (replacing the last ones), then a restart:
+        the dispatcher reads its settings when it starts."""
+        with open(self.config) as handle:
+            config = handle.read()
+        start = config.index(_MORE) + len(_MORE) + 1
+        end = config.find("\n[", start)
+        end = len(config) if end < 0 else end + 1
+        with open(self.config, "w") as handle:
+            handle.write(config[:start] + text + config[end:])
+        self.restart_filter()
 
     def address(self, name: str) -> str:
         """A recipient address no earlier run has used."""

@@ -63,3 +63,25 @@ def test_whitelist_file_edited_while_courier_runs(rig):
     finally:
         rig.set_whitelist("# empty again\n")
     assert rig.send("frank@sender.example", rig.address("frank"))[0] == 451
+
+
+def test_dns_lists_through_courier(rig, tmp_path_factory):
+    """A client on the DNSWL gets 250 at its first attempt; on a DNSBL, the 451 carries the longer wait."""
+    from dnslist_server import WL, Rbldnsd
+
+    lists = Rbldnsd(str(tmp_path_factory.mktemp("zones")))  # its zone lists 127.0.0.1
+    try:
+        rig.set_settings(f"dnswl_zones = ['{WL}']\ndns_servers = ['{lists.server}']\n")
+        mark = rig.log_mark()
+        assert rig.send("grace@sender.example", rig.address("grace"))[0] == 250
+        assert f"greylist: action=pass, reason=dnswl:{WL}, client_address=::ffff:127.0.0.1" in \
+            rig.log_since(mark, "reason=dnswl")
+        rig.set_settings(f"dnsbl_zones = ['{WL}']\ndnsbl_greylist_time = 600\n"
+                         f"dns_servers = ['{lists.server}']\n")
+        mark = rig.log_mark()
+        assert rig.send("heidi@sender.example", rig.address("heidi")) == (
+            451, "4.7.1 Greylisting in action, please come back in 00:10:00")
+        assert f"dnsbl={WL}" in rig.log_since(mark, "action=greylist")
+    finally:
+        lists.stop()
+        rig.set_settings("")
