@@ -9,6 +9,11 @@ whitelist files (the shipped pool-senders list), recipient whitelist,
 sender normalisation, auto-whitelisting (never reached) and
 skip_authenticated.  Prints microseconds per decision for each.
 
+Then the DNS lists (rbldnsd on a loopback port, as the tests start it): a
+decision whose answers come from the cache, one that asks the server (every
+client new), and the longest decision when the server never answers
+(dns_timeout at its default, 2 s).
+
 Then the metrics file, paired so that the machine's drift does not blur
 it: two filters on one store, one without and one with ``metrics_file`` (its
 counts, and its writer thread writing every second), deciding the same
@@ -23,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -39,7 +45,7 @@ FEATURES = dict(whitelist_files=("builtin:pool-senders",), whitelist_recipients=
                 normalize_senders=True, auto_whitelist_clients=1000, skip_authenticated=True)
 
 
-def per_decision(seconds: float, metrics: bool = False, **settings) -> float:
+def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10", **settings) -> float:
     directory = tempfile.mkdtemp(prefix="greylist-features-")
     counts = writer = None
     try:
@@ -50,7 +56,7 @@ def per_decision(seconds: float, metrics: bool = False, **settings) -> float:
             writer.start()
         greylist = GreylistFilter(Settings(db_dir=directory, greylist_time=0, **settings), store,
                                   clock=Clock(), log=lambda line: None, purge="never", counts=counts)
-        paths = [write_control(os.path.join(directory, f"C{n}"), f"list-{n}@example.com",
+        paths = [write_control(os.path.join(directory, f"C{n}"), f"list-{n}@example.com", ip=ip,
                                client_name=f"h{n}.example.net") for n in range(200)]
         for path in paths:
             greylist.do_filter("", [path])
@@ -64,6 +70,58 @@ def per_decision(seconds: float, metrics: bool = False, **settings) -> float:
             writer.close()
         store.close()
         return elapsed / count * 1e6
+    finally:
+        shutil.rmtree(directory)
+
+
+def dns_costs(seconds: float) -> Optional[dict]:
+    """Microseconds per decision with DNS lists, cached and asked; the longest with a silent server."""
+    from dnslist_server import BL, WL, MisbehavingServer, Rbldnsd
+
+    directory = tempfile.mkdtemp(prefix="greylist-features-")
+    try:
+        try:
+            server = Rbldnsd(directory)
+        except BaseException as error:  # pytest.skip when rbldnsd is not installed
+            print(f"DNS lists: not measured ({error})")
+            return None
+        try:
+            lists = dict(dnswl_zones=(WL,), dnsbl_zones=(BL,), dns_servers=(("127.0.0.1", server.port),))
+            # A client on neither list: decided by greylisting, as with the defaults.
+            result = {"default": per_decision(seconds, ip="203.0.113.5"),
+                      "cached": per_decision(seconds, ip="203.0.113.5", **lists)}
+            store_dir = os.path.join(directory, "asked")
+            os.mkdir(store_dir)
+            store = DbmStore(store_dir)
+            greylist = GreylistFilter(Settings(db_dir=store_dir, greylist_time=0, **lists), store,
+                                      clock=Clock(), log=lambda line: None, purge="never")
+            paths = [write_control(os.path.join(store_dir, f"C{n}"), f"s{n}@example.com",
+                                   ip=f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}")
+                     for n in range(2000)]  # every client new: nothing in the cache
+            started = time.perf_counter()
+            for path in paths:
+                greylist.do_filter("", [path])
+            result["asked"] = (time.perf_counter() - started) / len(paths) * 1e6
+            store.close()
+        finally:
+            server.stop()
+        silent = MisbehavingServer()
+        store_dir = os.path.join(directory, "silent")
+        os.mkdir(store_dir)
+        store = DbmStore(store_dir)
+        greylist = GreylistFilter(Settings(db_dir=store_dir, dnsbl_zones=(BL,), dnswl_zones=(WL,),
+                                           dns_servers=(("127.0.0.1", silent.port),)),
+                                  store, clock=Clock(), log=lambda line: None, purge="never")
+        longest = 0.0
+        for n in range(3):
+            path = write_control(os.path.join(store_dir, f"C{n}"), ip=f"10.9.9.{n}")
+            started = time.perf_counter()
+            greylist.do_filter("", [path])
+            longest = max(longest, time.perf_counter() - started)
+        result["silent_longest_ms"] = longest * 1000
+        store.close()
+        silent.close()
+        return result
     finally:
         shutil.rmtree(directory)
 
@@ -111,6 +169,13 @@ def main() -> None:
     for label, settings in (("defaults (the reference's behaviour)", {}), ("every feature on", FEATURES),
                             ("defaults again", {})):
         print(f"{label:<40} {per_decision(args.seconds, **settings):7.1f} us per decision")
+    dns = dns_costs(args.seconds)
+    if dns is not None:
+        print(f"{'defaults, a client on neither list':<40} {dns['default']:7.1f} us per decision")
+        print(f"{'DNS lists, answers from the cache':<40} {dns['cached']:7.1f} us per decision")
+        print(f"{'DNS lists, every client asked':<40} {dns['asked']:7.1f} us per decision")
+        print(f"{'DNS server that never answers':<40} {dns['silent_longest_ms']:7.1f} ms, the longest "
+              f"decision (dns_timeout 2 s)")
     off, on = metrics_paired(args.seconds * 5)
     print(f"{'metrics_file off / on (paired bursts)':<40} {off:7.1f} / {on:.1f} us per decision "
           f"({on / off - 1:+.1%})")
