@@ -97,7 +97,7 @@ def dns_costs(seconds: float) -> Optional[dict]:
                                       clock=Clock(), log=lambda line: None, purge="never")
             paths = [write_control(os.path.join(store_dir, f"C{n}"), f"s{n}@example.com",
                                    ip=f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}")
-                     for n in range(2000)]  # every client new: nothing in the cache
+                     for n in range(2000 if seconds >= 1 else 100)]  # every client new: nothing cached
             started = time.perf_counter()
             for path in paths:
                 greylist.do_filter("", [path])
@@ -113,7 +113,7 @@ def dns_costs(seconds: float) -> Optional[dict]:
                                            dns_servers=(("127.0.0.1", silent.port),)),
                                   store, clock=Clock(), log=lambda line: None, purge="never")
         longest = 0.0
-        for n in range(3):
+        for n in range(3 if seconds >= 1 else 1):
             path = write_control(os.path.join(store_dir, f"C{n}"), ip=f"10.9.9.{n}")
             started = time.perf_counter()
             greylist.do_filter("", [path])
