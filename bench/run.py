@@ -151,7 +151,7 @@ def _load(impl: str, config: str, purge: bool):
     greylist.initFilter(config_paths=[config])
     the_filter = greylist._filter
     if not purge:
-        the_filter.purge_mode = "never"
+        the_filter.upkeep.mode = "never"
     window = {}
     original = the_filter.purge
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import threading
 import time
@@ -47,6 +46,7 @@ from .stores import (
     StoreError,
 )
 from .triplet import InvalidClientAddress, IPAddress, client_network, parse_client_ip, triplet_key
+from .upkeep import Upkeep
 from .whitelist import WhitelistEntryError
 from .whitelist import build as build_whitelist
 from .whitelist_files import WhitelistFileError, WhitelistFiles
@@ -134,13 +134,11 @@ class GreylistFilter:
         self.counts = counts
         self.clock = clock
         self.log = log
-        self.purge_mode = purge
         self.timing = policy.Timing(
             greylist_time=settings.greylist_time,
             passed_ttl=settings.senders_passed_ttl,
             not_passed_ttl=settings.senders_not_passed_ttl,
         )
-        self._purging = threading.Lock()
         # The dispatcher runs each message in its own thread, but the GIL runs
         # one at a time anyway.  With a local store, messages take turns for the
         # whole decision, its log line included: threads interleaving inside a
@@ -150,8 +148,8 @@ class GreylistFilter:
         # that bounds how often a thread may take it back while others wait
         # (fairer in a tight loop, slower: 77-84%).
         self._turn = threading.Lock() if store.decisions_take_turns else contextlib.nullcontext()
-        self._last_purge_check = float("-inf")
-        self._next_compaction_check = float("-inf")
+        # Through self.log, which a command may replace after building the filter.
+        self.upkeep = Upkeep(settings, store, lambda line: self.log(line), purge, counts)
         self.whitelists, self.smtpaccess = open_lists(settings, log)
         self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)
                                     if settings.greylist_recipients else None)
@@ -281,7 +279,7 @@ class GreylistFilter:
                                                                 message=verdict.message_id)))
         client_key = self.client_key(address)
         now = self.clock()
-        self._maybe_purge(now)
+        self.upkeep.maybe_start(now)
         try:
             decision = self._decide_in_store(keys, client_key, now, timing, message_keys)
         except (StoreError, OSError) as error:
@@ -377,67 +375,12 @@ class GreylistFilter:
                     tx.set_counted(AUTO_WHITELIST_TABLE, client_key, *update)
         return decision
 
-    # --- purging -----------------------------------------------------------------
-
-    def _maybe_purge(self, now: float) -> None:
-        # Asking the store takes its lock: ask at most once per interval
-        # (and again if the clock was stepped back).
-        if self.purge_mode == "never" or self._purging.locked():
-            return
-        if now >= self._next_compaction_check:
-            self._next_compaction_check = now + 60  # a failing compaction is not retried per message
-            if self.store.wants_compaction():  # a busy server between two purges
-                self._in_background(self.compact)
-                return
-        if self._last_purge_check <= now < self._last_purge_check + self.settings.senders_purge_interval:
-            return
-        self._last_purge_check = now
-        try:
-            if not self.store.claim_purge(now, self.settings.senders_purge_interval):
-                return
-        except (StoreError, OSError) as error:
-            self.log(f"greylist: purge not started: {log_safe(error)}")
-            return
-        self._in_background(self.purge, now)
-
-    def _in_background(self, job: Callable, *args) -> None:
-        if self.purge_mode == "inline":
-            job(*args)
-        else:
-            threading.Thread(target=job, args=args, name="greylist-purge", daemon=True).start()
-
-    def compact(self) -> None:
-        """Fold what piled up in the store (the gdbm journals); logs and swallows failures."""
-        if not self._purging.acquire(blocking=False):
-            return
-        try:
-            self.store.compact()
-        except Exception as error:
-            self.log(f"greylist: compaction failed: {log_safe(repr(error))}")
-            if self.counts is not None:
-                self.counts.store_error(error)
-        finally:
-            self._purging.release()
+    # --- upkeep ------------------------------------------------------------------
 
     def purge(self, now: float, progress: Optional[Callable[[str, int], None]] = None) -> int:
-        """Drop expired entries from every store; logs and swallows failures."""
-        if not self._purging.acquire(blocking=False):
-            return 0
-        removed, failed, started = 0, False, time.monotonic()
-        try:
-            for table in self.store.tables:
-                ttl = (self.settings.senders_not_passed_ttl if table in (NOT_PASSED_TABLE, MESSAGE_ID_TABLE)
-                       else self.settings.senders_passed_ttl)
-                report = None if progress is None else functools.partial(progress, table)
-                removed += self.store.purge(table, now - ttl, report)
-        except Exception as error:
-            failed = True
-            self.log(f"greylist: purge failed: {log_safe(repr(error))}")
-            if self.counts is not None:
-                self.counts.store_error(error)
-        finally:
-            self._purging.release()
-        if self.counts is not None:
-            self.counts.purged(time.monotonic() - started, removed,
-                               self.store.entries_after_purge, failed)
-        return removed
+        """Drop expired entries from every table now; see Upkeep.purge."""
+        return self.upkeep.purge(now, progress)
+
+    def compact(self) -> None:
+        """Fold what piled up in the store now; see Upkeep.compact."""
+        self.upkeep.compact()

@@ -441,7 +441,7 @@ def test_a_busy_journal_is_folded_before_the_purge_is_due(tmp_path, monkeypatch)
     store = DbmStore(str(tmp_path), flavour="dbm.gnu")
     greylist = GreylistFilter(Settings(db_dir=str(tmp_path)), store, clock=Clock(), log=print,
                               purge="inline")
-    greylist._last_purge_check = greylist.clock()  # the interval's purge is not due
+    greylist.upkeep._last_purge_check = greylist.clock()  # the interval's purge is not due
     for n in range(12):
         greylist.do_filter("", [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com")])
         greylist.clock.advance(61)  # the store is asked at most once a minute

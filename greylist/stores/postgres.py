@@ -21,93 +21,16 @@ connecting, so an outage never holds mail longer than that.
 from __future__ import annotations
 
 import contextlib
-import select
 import threading
 import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from . import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, TABLES, Store, StoreError, StoreOpenError, Transaction
+from .pg_wire import RoundTripError, ServerUnreachable, load_psycopg, quote, round_trip
 
 _PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
 _PURGE_BATCH = 1000
 _LOCKS_PER_SELECT = 1000
-
-
-# libpq's PGRES_EMPTY_QUERY, PGRES_COMMAND_OK, PGRES_TUPLES_OK; CONNECTION_OK.
-_SUCCESS = (0, 1, 2)
-_CONNECTION_OK = 0
-
-
-def _quote(text: str) -> str:
-    """A string as a standard SQL literal (keys are hex digests or networks; anything else is safe too).
-
-    With standard_conforming_strings (on since PostgreSQL 9.1) backslashes
-    are plain characters; a NUL cannot be sent at all.
-    """
-    if "\x00" in text:
-        raise StoreError("a key with a NUL character cannot be stored in PostgreSQL")
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _psycopg():
-    try:
-        import psycopg
-    except ImportError:
-        raise StoreOpenError("the PostgreSQL store needs psycopg 3: "
-                             "pip install 'courier-greylist[postgres]'") from None
-    return psycopg
-
-
-class _RoundTripError(StoreError):
-    """A statement failed, or the connection did; ``broken`` says which."""
-
-    def __init__(self, message: str, broken: bool, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.broken = broken
-        self.timed_out = timed_out
-
-
-def _round_trip(conn, query: str, timeout: float) -> list:
-    """Send a multi-statement query and return its results, on libpq's level.
-
-    psycopg's cursors cost about 100 us of CPU per round trip; libpq's own
-    calls through ``conn.pgconn`` cost about 30 us, as much as psycopg2.  The
-    wait for the answer is a ``poll`` on the socket, which lets the
-    dispatcher's other threads run meanwhile and bounds the wait by
-    ``timeout`` even when the network is gone without a word.
-    """
-    pgconn = conn.pgconn
-    try:
-        pgconn.send_query(query.encode("utf-8"))
-        waiter = select.poll()
-        waiter.register(pgconn.socket, select.POLLIN)
-        results = []
-        deadline = time.monotonic() + timeout
-        while True:
-            while pgconn.is_busy():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not waiter.poll(remaining * 1000):
-                    raise _RoundTripError(f"no answer within {timeout:g} s", broken=True, timed_out=True)
-                pgconn.consume_input()
-            result = pgconn.get_result()
-            if result is None:
-                break
-            results.append(result)
-    except _RoundTripError:
-        raise
-    except Exception as error:  # psycopg.OperationalError, OSError: the connection is gone
-        raise _RoundTripError(" ".join(str(error).split()), broken=True) from error
-    for result in results:
-        if result.status not in _SUCCESS:
-            message = (result.error_message or b"").decode("utf-8", "replace")
-            raise _RoundTripError(" ".join(message.split()) or f"status {result.status}",
-                                  broken=pgconn.status != _CONNECTION_OK)
-    return results
-
-
-class _ServerUnreachable(StoreError):
-    """A connection failed (the server down or booting, the network, but also a refused
-    login: libpq tells them apart only in words): it may succeed later."""
 
 
 class _PgTransaction(Transaction):
@@ -116,7 +39,7 @@ class _PgTransaction(Transaction):
     The first sends BEGIN, the advisory locks of the message's triplets and
     the reads; the second sends the upserts and deletes with COMMIT.  Each
     is one multi-statement query (values go in as quoted literals), sent
-    through libpq directly (see ``_round_trip``).
+    through libpq directly (see ``round_trip``).
     """
 
     def __init__(self, store: PostgresStore) -> None:
@@ -135,14 +58,14 @@ class _PgTransaction(Transaction):
         try:
             if error is None and self._writes:
                 begin = [] if self._began else ["BEGIN"]
-                _round_trip(conn, "; ".join(begin + self._writes + ["COMMIT"]), self._store.timeout)
+                round_trip(conn, "; ".join(begin + self._writes + ["COMMIT"]), self._store.timeout)
             elif self._began:
-                _round_trip(conn, "COMMIT" if error is None else "ROLLBACK", self._store.timeout)
-        except _RoundTripError as exit_error:
+                round_trip(conn, "COMMIT" if error is None else "ROLLBACK", self._store.timeout)
+        except RoundTripError as exit_error:
             self._store._forget(conn)
             if error is None:
                 raise StoreError(f"PostgreSQL: {exit_error}") from exit_error
-        if isinstance(error, (_RoundTripError, self._store._psycopg.Error)):
+        if isinstance(error, (RoundTripError, self._store._psycopg.Error)):
             self._store._forget(conn)
             raise StoreError(f"PostgreSQL: {' '.join(str(error).split())}") from error
 
@@ -154,7 +77,7 @@ class _PgTransaction(Transaction):
         started = time.monotonic()
         try:
             self._load(unique, counted, messages)
-        except _RoundTripError as error:
+        except RoundTripError as error:
             if self._writes or not error.broken or error.timed_out:
                 raise  # a timeout already took all the time a message may wait
             # A connection that died while idle (a server restart): nothing was
@@ -169,7 +92,6 @@ class _PgTransaction(Transaction):
             self.waited = time.monotonic() - started
 
     def _load(self, keys: Sequence[str], counted: Sequence[str], messages: Sequence[str] = ()) -> None:
-        quote = _quote
         # Sorted: every host locks in the same order, so no two wait on each other.
         literals = [quote(key) for key in sorted(set(keys) | set(counted) | set(messages))]
         # Separate statements: under READ COMMITTED each reads what was
@@ -196,7 +118,7 @@ class _PgTransaction(Transaction):
         if not reads:
             return
         statements.append(" UNION ALL ".join(reads))
-        results = _round_trip(self._conn, "; ".join(statements), self._store.timeout)
+        results = round_trip(self._conn, "; ".join(statements), self._store.timeout)
         self._began = True
         found: dict = {(table, key): None for table in TABLES for key in keys}
         found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
@@ -231,18 +153,18 @@ class _PgTransaction(Transaction):
     def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
         self._writes.append(
             f"INSERT INTO {table} (id, value, passes) "
-            f"VALUES ({_quote(key)}, {int(timestamp)}, {int(count)}) "
+            f"VALUES ({quote(key)}, {int(timestamp)}, {int(count)}) "
             f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value, passes = EXCLUDED.passes")
         self._cache[(table, key)] = (float(timestamp), int(count))
 
     def set(self, table: str, key: str, timestamp: int) -> None:
         self._writes.append(
-            f"INSERT INTO {table} (id, value) VALUES ({_quote(key)}, {int(timestamp)}) "
+            f"INSERT INTO {table} (id, value) VALUES ({quote(key)}, {int(timestamp)}) "
             f"ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value")
         self._cache[(table, key)] = int(timestamp)
 
     def delete(self, table: str, key: str) -> None:
-        self._writes.append(f"DELETE FROM {table} WHERE id = {_quote(key)}")
+        self._writes.append(f"DELETE FROM {table} WHERE id = {quote(key)}")
         self._cache[(table, key)] = None
 
 
@@ -269,14 +191,14 @@ class PostgresStore(Store):
         ``wait_for_server``: a server that does not answer is not an error here
         (``unreachable_at_start`` says why); every use tries again.
         """
-        self._psycopg = _psycopg()
+        self._psycopg = load_psycopg()
         self.readonly = readonly
         self.timeout = timeout
         milliseconds = int(timeout * 1000)
         self._params = {
             "host": host, "port": port, "dbname": dbname, "user": user, "password": password,
             "connect_timeout": max(1, int(round(timeout))),
-            # Keys go into statements as standard SQL literals (see _quote).
+            # Keys go into statements as standard SQL literals (see quote).
             "options": f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds} "
                        f"-c standard_conforming_strings=on",
             "application_name": "courier-greylist",
@@ -295,7 +217,7 @@ class PostgresStore(Store):
         try:
             self._make_ready()
         except StoreError as error:
-            if not (wait_for_server and isinstance(error, _ServerUnreachable)):
+            if not (wait_for_server and isinstance(error, ServerUnreachable)):
                 raise StoreOpenError(str(error)) from None
             # The dispatcher starts all the same (an MX may boot before its database
             # host): each message follows on_store_error until the server answers.
@@ -325,7 +247,7 @@ class PostgresStore(Store):
         try:
             return self._psycopg.connect(autocommit=autocommit, **self._params)
         except self._psycopg.OperationalError as error:
-            raise _ServerUnreachable(f"cannot connect to {self.description}: "
+            raise ServerUnreachable(f"cannot connect to {self.description}: "
                                      f"{' '.join(str(error).split())}") from None
         except self._psycopg.Error as error:
             raise StoreError(f"cannot connect to {self.description}: "

@@ -1,6 +1,6 @@
 """The dbm store: the reference's two files in one directory, under one lock.
 
-How a message's transaction reads and writes (``_DbmTransaction``):
+How a message's transaction reads and writes (``DbmTransaction``, transaction.py):
 
 1. ``_enter``: take the lock (``lock.py``); if the lock file's generation
    moved, another process wrote: each table reads what it appended (and,
@@ -33,9 +33,6 @@ from .. import (
     Store,
     StoreError,
     StoreOpenError,
-    Transaction,
-    format_counted,
-    format_timestamp,
     parse_counted,
     parse_timestamp,
 )
@@ -44,6 +41,7 @@ from .gdbm_table import GdbmTable, gdbm_module
 from .lock import LOCK_NAME, StoreLock
 from .purge import KeyList
 from .tables import GenericTable, Table
+from .transaction import DbmTransaction
 
 _BATCH = 256  # keys a purge removes per hold of the lock (well under a millisecond)
 _FOLD_AFTER = 100_000  # journal entries (about 15 MB of overlay) that call for a fold before the purge
@@ -59,51 +57,6 @@ def preferred_flavour() -> str:
     except ImportError:
         return "dbm.dumb"
     return "dbm.ndbm"
-
-
-class _DbmTransaction(Transaction):
-    """One message's reads and writes; a context manager holding the store lock."""
-
-    __slots__ = ("_store", "_tables", "waited")
-
-    def __init__(self, store: DbmStore) -> None:
-        self._store = store
-        self._tables = store._tables
-        self.waited = 0.0
-
-    def __enter__(self) -> _DbmTransaction:
-        try:
-            self.waited = self._store._enter()
-        except OSError as error:
-            raise StoreError(f"store in {self._store.directory}: {error}") from error
-        return self
-
-    def __exit__(self, kind, error, traceback) -> None:
-        try:
-            self._store._exit(failed=error is not None)
-        except OSError as exit_error:
-            if error is None:
-                raise StoreError(f"store in {self._store.directory}: {exit_error}") from exit_error
-        if isinstance(error, OSError):
-            raise StoreError(f"store in {self._store.directory}: {error}") from error
-
-    def get(self, table: str, key: str) -> Optional[float]:
-        return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
-
-    def set(self, table: str, key: str, timestamp: int) -> None:
-        self._store.note_write()
-        self._tables[table].set(key.encode("latin-1"), format_timestamp(timestamp))
-
-    def delete(self, table: str, key: str) -> None:
-        self._store.note_write()
-        self._tables[table].delete(key.encode("latin-1"))
-
-    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
-        return parse_counted(self._tables[table].get(key.encode("latin-1")))
-
-    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
-        self._store.note_write()
-        self._tables[table].set(key.encode("latin-1"), format_counted(timestamp, count))
 
 
 class DbmStore(Store):
@@ -273,8 +226,8 @@ class DbmStore(Store):
 
     # the Store interface
 
-    def transaction(self) -> _DbmTransaction:
-        return _DbmTransaction(self)
+    def transaction(self) -> DbmTransaction:
+        return DbmTransaction(self)
 
     def prefetch(self, table: str, keys: Sequence[str]) -> None:
         opened = self._tables.get(table)

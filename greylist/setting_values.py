@@ -1,0 +1,268 @@
+"""Values of pythonfilter-modules.conf: parsed without eval, then checked, one kind per function.
+
+The reference passes every value to ``eval()``.  Here a value is parsed
+(literals, and arithmetic on numbers) and each setting's checker turns it
+into what the filter uses or raises ValueError with what to write instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import operator
+import re
+from typing import Any, Callable
+
+# --- parsing values without eval -------------------------------------------------
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_NAMES = {"True": True, "False": False, "None": None}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _evaluate(node: ast.AST) -> Any:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_evaluate(item) for item in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise ValueError("dict unpacking is not allowed")
+        return {_evaluate(k): _evaluate(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        operand = _evaluate(node.operand)
+        if not _is_number(operand):
+            raise ValueError("sign applied to something that is not a number")
+        return _UNARY[type(node.op)](operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
+            return left + right
+        if not (_is_number(left) and _is_number(right)):
+            raise ValueError("arithmetic is allowed on numbers only")
+        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):
+            raise ValueError("exponent too large")
+        try:
+            return _BINARY[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise ValueError("division by zero") from None
+    raise ValueError(f"not a literal or arithmetic ({type(node).__name__})")
+
+
+_YES_NO = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
+
+
+def parse_value(text: str) -> Any:
+    """Parse one configuration value as the reference would, without eval()."""
+    if len(text) > 65536:
+        raise ValueError("value longer than 64 KiB")
+    text = text.strip()
+    try:
+        return _evaluate(ast.parse(text, mode="eval"))
+    except SyntaxError as error:
+        raise ValueError(_what_to_write(text, f"not a Python literal ({error.msg})")) from None
+    except ValueError as error:
+        raise ValueError(_what_to_write(text, str(error))) from None
+
+
+def _what_to_write(text: str, problem: str) -> str:
+    """The problem, said so that a postmaster who does not write Python knows what to write."""
+    if text.lower() in _YES_NO and text not in ("True", "False"):
+        return f"write {_YES_NO[text.lower()]} (with a capital letter), not {text}"
+    bare = not any(mark in text for mark in "'\"()[]{} ")
+    if bare and (any(mark in text for mark in "/@:") or text.count(".") > 1
+                 or text.replace("-", "_").replace(".", "_").isidentifier()):
+        return f"put it in quotes: {text!r}"
+    return problem
+
+
+# --- the known keys ----------------------------------------------------------------
+
+
+def duration(value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"expected a duration of 0 seconds or more, got {value!r}")
+    return float(value)
+
+
+def positive_duration(value: Any) -> float:
+    value = duration(value)
+    if value <= 0:
+        raise ValueError("expected a duration of more than 0 seconds")
+    return value
+
+
+def prefix(limit: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+            raise ValueError(f"expected a whole number from 0 to {limit}, got {value!r}")
+        return value
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"expected True or False, got {value!r}")
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return check
+
+
+def reply(value: Any) -> str:
+    if not isinstance(value, str) or not value[:1] == "4" or "\n" in value or "\r" in value:
+        raise ValueError("expected a one-line 4xx SMTP reply")
+    try:
+        value.format(wait="00:05:00")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"only {{wait}} may be used in the reply ({error})") from None
+    return value
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def prom_path(value: Any) -> str:
+    value = text(value)
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    if not value.endswith(".prom"):
+        raise ValueError("the name must end in .prom (node_exporter's textfile collector reads "
+                         "only those)")
+    return value
+
+
+_ZONE_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def zones(value: Any) -> tuple:
+    """DNS list zones: host-name labels only, so a zone can never change a query's meaning."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of DNS zones, e.g. ['zen.spamhaus.org'], got {value!r}")
+    zones = []
+    for zone in value:
+        name = zone.strip().lower().rstrip(".")
+        labels = name.split(".")
+        if len(name) > 200 or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
+            raise ValueError(f"{zone!r} is not a DNS zone name (letters, digits, '-' and '_' "
+                             f"between dots, e.g. 'list.dnswl.org')")
+        zones.append(name)
+    return tuple(zones)
+
+
+def servers(value: Any) -> tuple:
+    """DNS servers: '192.0.2.53', '192.0.2.53:5353', '2001:db8::53' or '[2001:db8::53]:5353'."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of DNS server addresses, e.g. ['127.0.0.1'], got {value!r}")
+    servers = []
+    for text in value:
+        host, port = text.strip(), 53
+        if host.startswith("[") and "]" in host:
+            host, _, rest = host[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or 53
+        elif host.count(":") == 1:
+            host, _, port = host.partition(":")
+        try:
+            address = str(ipaddress.ip_address(host))
+            port = int(port)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a DNS server address (an IP address, "
+                             f"optionally with :port)") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"{text!r}: port {port} is out of range")
+        servers.append((address, port))
+    return tuple(servers)
+
+
+def recipient_rules(value: Any) -> tuple:
+    """greylist_recipients: recipient entries, with '.domain' taken as '@.domain'."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = ["@" + v if v.startswith(".") else v for v in value]
+    return entries("recipient")(value)
+
+
+def port(value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a port number, got {value!r}") from None
+    if not 0 < port < 65536 or isinstance(value, (bool, float)):
+        raise ValueError(f"expected a port number, got {value!r}")
+    return port
+
+
+def entries(kind: str) -> Callable[[Any], tuple]:
+    """A list of whitelist entries of one kind, each checked now."""
+
+    def check(value: Any) -> tuple:
+        from .whitelist import Whitelist, WhitelistEntryError
+
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        probe = Whitelist()
+        for entry in value:
+            try:
+                probe.add(kind, entry)
+            except WhitelistEntryError as error:
+                raise ValueError(str(error)) from None
+        return tuple(value)
+
+    return check
+
+
+def paths(value: Any) -> tuple:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"expected a list of file paths, got {value!r}")
+    return tuple(value)
+
+
+def count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
+    return value
+
+
+def db_type(value: Any) -> str:
+    value = choice("dbm", "psycopg2", "postgresql", "pg", "mysql")(value)
+    if value == "mysql":
+        raise ValueError("store type 'mysql' is not supported; use 'dbm' or 'psycopg2' (PostgreSQL)")
+    return value

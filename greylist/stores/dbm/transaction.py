@@ -1,0 +1,62 @@
+"""A message's reads and writes on the dbm store, holding its lock (see store.py for the steps)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from .. import (
+    StoreError,
+    Transaction,
+    format_counted,
+    format_timestamp,
+    parse_counted,
+    parse_timestamp,
+)
+
+if TYPE_CHECKING:
+    from .store import DbmStore
+
+
+class DbmTransaction(Transaction):
+    """One message's reads and writes; a context manager holding the store lock."""
+
+    __slots__ = ("_store", "_tables", "waited")
+
+    def __init__(self, store: DbmStore) -> None:
+        self._store = store
+        self._tables = store._tables
+        self.waited = 0.0
+
+    def __enter__(self) -> DbmTransaction:
+        try:
+            self.waited = self._store._enter()
+        except OSError as error:
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self._store._exit(failed=error is not None)
+        except OSError as exit_error:
+            if error is None:
+                raise StoreError(f"store in {self._store.directory}: {exit_error}") from exit_error
+        if isinstance(error, OSError):
+            raise StoreError(f"store in {self._store.directory}: {error}") from error
+
+    def get(self, table: str, key: str) -> Optional[float]:
+        return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
+
+    def set(self, table: str, key: str, timestamp: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_timestamp(timestamp))
+
+    def delete(self, table: str, key: str) -> None:
+        self._store.note_write()
+        self._tables[table].delete(key.encode("latin-1"))
+
+    def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
+        return parse_counted(self._tables[table].get(key.encode("latin-1")))
+
+    def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
+        self._store.note_write()
+        self._tables[table].set(key.encode("latin-1"), format_counted(timestamp, count))
