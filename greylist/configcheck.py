@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import dbm
+import ipaddress
 import os
 from typing import Callable, List, Optional, Sequence
 
-from .filter import open_lists
+from .filter import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
@@ -71,6 +72,7 @@ def check(config_paths: Optional[Sequence[str]],
     _check_lists(settings, report)
     if settings.metrics_file:
         _check_metrics(settings, report)
+    _check_reputation(settings, report)
     if settings.db_type in POSTGRES_TYPES:
         _check_store(settings, report, postgres=True)
     else:
@@ -134,3 +136,22 @@ def _check_metrics(settings: Settings, report: Report) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         report.notes.append(f"metrics file {settings.metrics_file}: directory {directory} is not "
                             f"writable by uid {os.geteuid()} (the filter will keep trying)")
+
+
+def _check_reputation(settings: Settings, report: Report) -> None:
+    """dnspython and the pattern files; each DNS list asked for its test entry, 127.0.0.2."""
+    try:
+        reputation = open_reputation(settings, None)
+    except SettingsError as error:
+        report.problems.append(str(error))
+        return
+    if reputation is None or reputation.lists is None:
+        return
+    zones = settings.dnswl_zones + settings.dnsbl_zones
+    servers = ", ".join(f"{address}:{port}" for address, port in reputation.lists.servers) or "none"
+    for answer in reputation.lists.lookup(ipaddress.ip_address("127.0.0.2"), zones):
+        if answer.listed:
+            report.notes.append(f"DNS list {answer.zone} answers (its test entry 127.0.0.2 is listed)")
+        else:  # not a problem: mail is greylisted as without the list
+            report.notes.append(f"DNS list {answer.zone}: its test entry 127.0.0.2 is {answer.result} "
+                                f"(asked {servers}); until it answers, it lists nobody")

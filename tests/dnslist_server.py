@@ -26,7 +26,7 @@ _ZONE_FILES = {
     "wl6": f":127.0.0.2:listed\n{WL_V6}\n",
     # A SOA gives "not listed" answers a negative TTL of 30 s.
     "bl4": f"$SOA 60 ns.bl.test. hostmaster.bl.test. 1 600 300 86400 30\n:127.0.0.4:spam\n{BL_V4}\n"
-           f"{REFUSED_V4} :127.255.255.254:refused\n",
+           f"{REFUSED_V4} :127.255.255.254:refused\n127.0.0.2\n",  # the usual test entry
     "bl6": f":127.0.0.4:spam\n{BL_V6}\n",
 }
 _DATASETS = [f"{WL}:ip4set:wl4", f"{WL}:ip6trie:wl6", f"{BL}:ip4set:bl4", f"{BL}:ip6trie:bl6"]

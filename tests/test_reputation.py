@@ -293,3 +293,24 @@ def test_greylist_recipients_takes_dot_domains(tmp_path):
     (tmp_path / "m.conf").write_text("[greylist.py]\n"
                                      "greylist_recipients = ['.example.org', '@example.net']\n")
     assert load_settings([str(tmp_path / "m.conf")]).greylist_recipients == ("@.example.org", "@example.net")
+
+
+def test_check_config_asks_each_dns_list_for_its_test_entry(tmp_path, rbldnsd):
+    silent = MisbehavingServer()
+    try:
+        config = write_config(str(tmp_path / "m.conf"), str(tmp_path), dnswl_zones=[WL], dnsbl_zones=[BL],
+                              dns_servers=[rbldnsd.server])
+        result = subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", config],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"note: DNS list {BL} answers (its test entry 127.0.0.2 is listed)" in result.stdout
+        assert f"note: DNS list {WL}: its test entry 127.0.0.2 is unlisted (asked {rbldnsd.server}); " \
+               f"until it answers, it lists nobody" in result.stdout
+        config = write_config(str(tmp_path / "m.conf"), str(tmp_path), dnsbl_zones=[BL],
+                              dns_servers=[silent.server], dns_timeout=0.2)
+        result = subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", config],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and f"note: DNS list {BL}: its test entry 127.0.0.2 is timeout" \
+            in result.stdout
+    finally:
+        silent.close()
