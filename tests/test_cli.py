@@ -208,12 +208,18 @@ def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
 
 def test_install_and_uninstall_shim(tmp_path):
     config = write_config(str(tmp_path / "m.conf"), str(tmp_path))
+    dry = run("install", "--target", str(tmp_path), "--config", config, "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith(f"would write {tmp_path}/courier_greylist.py:\n")
+    assert repr([config]) in dry.stdout and not (tmp_path / "courier_greylist.py").exists()
     result = run("install", "--target", str(tmp_path), "--config", config)
     assert result.returncode == 0, result.stderr
     shim = (tmp_path / "courier_greylist.py").read_text()
     assert repr([config]) in shim and "def initFilter" in shim
     assert "list 'courier_greylist' in pythonfilter.conf" in result.stdout
     assert run("install", "--target", str(tmp_path), "--name", "greylist").returncode == 1
+    dry = run("install", "--target", str(tmp_path), "--uninstall", "--dry-run")
+    assert dry.stdout == f"would remove {tmp_path}/courier_greylist.py\n"
+    assert (tmp_path / "courier_greylist.py").exists()
     assert run("install", "--target", str(tmp_path), "--uninstall").returncode == 0
     assert not (tmp_path / "courier_greylist.py").exists()
     missing = run("install", "--target", str(tmp_path), "--config", str(tmp_path / "missing.conf"))

@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--target", metavar="DIR",
                          help="directory to write to (default: the pythonfilter package)")
     install.add_argument("--uninstall", action="store_true", help="remove the module")
+    install.add_argument("--dry-run", action="store_true",
+                         help="print what would be written or removed, and change nothing")
     install.set_defaults(handler=command_install)
     return parser
 

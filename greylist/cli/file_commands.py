@@ -91,6 +91,9 @@ def command_install(args: argparse.Namespace) -> int:
         target = os.path.dirname(os.path.abspath(pythonfilter.__file__))
     path = os.path.join(target, name + ".py")
     if args.uninstall:
+        if args.dry_run:
+            print(f"would remove {path}" if os.path.exists(path) else f"{path}: not installed")
+            return EX_OK
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -106,10 +109,15 @@ def command_install(args: argparse.Namespace) -> int:
             load_settings(config_paths)
         except SettingsError as error:
             raise CommandError(str(error)) from None
+    shim = SHIM_TEMPLATE.format(name=name, config_paths=config_paths)
+    if args.dry_run:
+        print(f"would {'replace' if os.path.exists(path) else 'write'} {path}:")
+        print(shim, end="")
+        return EX_OK
     temporary = path + ".tmp"
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(SHIM_TEMPLATE.format(name=name, config_paths=config_paths))
+            handle.write(shim)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except OSError as error:
