@@ -3,6 +3,7 @@ opt-in recipients."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -178,7 +179,8 @@ def test_a_reply_that_does_not_parse_counts_as_unlisted(env, reply):
         bad.close()
 
 
-@pytest.mark.parametrize("zone", ["zen spamhaus.org", "x.example/evil", "-x.example.org", "localhost", ""])
+@pytest.mark.parametrize("zone", ["zen spamhaus.org", "x.example/evil", "-x.example.org", "localhost", "",
+                                  ".".join(["a" * 60] * 4)])  # too long for an IPv6 client's query
 def test_a_zone_name_with_odd_characters_is_refused_at_start(tmp_path, zone):
     (tmp_path / "m.conf").write_text(f"[greylist.py]\ndnsbl_zones = [{zone!r}]\n")
     with pytest.raises(SettingsError, match="is not a DNS zone name"):
@@ -238,7 +240,6 @@ def test_only_suspicious_clients_are_greylisted(env, rbldnsd):
 
 def test_generic_names():
     patterns = load_patterns(["builtin:generic-rdns"])
-    import ipaddress
     address = ipaddress.ip_address("203.0.113.5")
     for name in ["203-0-113-5.example.net", "5.113.0.203.in-addr.example.net", "cb007105.example.net",
                  "dsl-pool-17.example.net", "customer-44.dynamic.example.com", "ppp-1-2-3-4.example.org",
@@ -314,3 +315,12 @@ def test_check_config_asks_each_dns_list_for_its_test_entry(tmp_path, rbldnsd):
             in result.stdout
     finally:
         silent.close()
+
+
+def test_a_query_name_dns_cannot_carry_counts_as_no_answer(env, rbldnsd):
+    """A zone at the settings' length limit still fits an IPv6 client's name; a longer one would not."""
+    zone = ".".join(["a" * 59, "b" * 59, "c" * 59])  # 179 characters: accepted
+    e = env(dnsbl_zones=(zone,), dns_servers=(("127.0.0.1", rbldnsd.port),))
+    assert e.send(BL_V6) == WAIT_5
+    too_long = e.filter.reputation.lists.lookup(ipaddress.ip_address(BL_V6), ["d" * 63 + "." + zone])
+    assert [answer.result for answer in too_long] == ["error"]

@@ -134,14 +134,23 @@ class DnsLists:
         failed: Dict[str, str] = {}
         try:
             for zone in zones:
-                query = dns.message.make_query(query_name(address, zone), dns.rdatatype.A)
+                try:
+                    query = dns.message.make_query(query_name(address, zone), dns.rdatatype.A)
+                    wire = query.to_wire()
+                except dns.exception.DNSException:  # a name DNS cannot carry: counts as no answer
+                    results.append((Answer(zone, "error"), 0.0))
+                    continue
                 pending[zone] = query
                 for server in self.servers:
                     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-                    sock = socket.socket(family, socket.SOCK_DGRAM)
-                    sock.setblocking(False)
                     try:
-                        sock.sendto(query.to_wire(), server)
+                        sock = socket.socket(family, socket.SOCK_DGRAM)
+                    except OSError:  # no IPv6 here, no descriptor left
+                        failed[zone] = "error"
+                        continue
+                    try:
+                        sock.setblocking(False)
+                        sock.sendto(wire, server)
                     except OSError:
                         sock.close()
                         failed[zone] = "error"
