@@ -18,8 +18,6 @@ reference's for every input.  Bad records are skipped, never raised on.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -164,6 +162,9 @@ def message_id(header_block: bytes) -> Optional[str]:
     """
     if not header_block:
         return None
+    import email.parser  # here: only match_retry_by_message_id needs it
+    import email.policy
+
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
     value = headers.get("Message-ID")
     if not isinstance(value, str):

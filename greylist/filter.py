@@ -340,7 +340,8 @@ class GreylistFilter:
         if client_key is not None:
             store.prefetch(AUTO_WHITELIST_TABLE, (client_key,))
         with store.transaction() as tx:
-            tx.lock_and_load(keys, (client_key,) if client_key else (), list(message_keys.values()))
+            tx.lock_and_load(keys, (client_key,) if client_key else (),
+                             tuple(message_keys.values()) if message_keys else ())
             if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
                 self.counts.lock_waited()
             record = None
