@@ -153,7 +153,8 @@ def _load(impl: str, config: str, purge: bool):
     if not purge:
         the_filter.upkeep.mode = "never"
     window = {}
-    original = the_filter.purge
+    upkeep = the_filter.upkeep  # it starts the background purge
+    original = upkeep.purge
 
     def timed_purge(now):
         window["start"] = time.perf_counter()
@@ -162,7 +163,7 @@ def _load(impl: str, config: str, purge: bool):
         finally:
             window["end"] = time.perf_counter()
 
-    the_filter.purge = timed_purge
+    upkeep.purge = timed_purge
     return greylist.doFilter, window
 
 

@@ -16,6 +16,9 @@ def test_benchmark_smoke_run():
     assert len(ours) == 8, result.stdout  # 2 sizes x 4 modes
     assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
     assert any("x " in line for line in ours)  # a ratio against the reference was printed
+    # Our background purge was timed: its duration and longest wait are numbers, not "-".
+    purges = [line.split() for line in ours if line.startswith("purge")]
+    assert len(purges) == 2 and all(row[8] != "-" and row[9] != "-" for row in purges), result.stdout
     assert sum(line.startswith("ours, 4 threads / 1 thread: ") for line in lines) == 2, result.stdout
     for impl in ("ours", "reference"):
         bursts = [line for line in lines if line.startswith(f"{impl}, 4 threads / 1 thread in bursts: ")]
