@@ -161,17 +161,23 @@ def prom_path(value: Any) -> str:
     return value
 
 
+def _strings(value: Any, expected: str, non_empty: bool = False) -> list:
+    """A string or a list of strings, as a list; else ValueError saying what was expected."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and (v or not non_empty)
+                                                        for v in value):
+        raise ValueError(f"expected {expected}, got {value!r}")
+    return list(value)
+
+
 _ZONE_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 def zones(value: Any) -> tuple:
     """DNS list zones: host-name labels only, so a zone can never change a query's meaning."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of DNS zones, e.g. ['zen.spamhaus.org'], got {value!r}")
     zones = []
-    for zone in value:
+    for zone in _strings(value, "a list of DNS zones, e.g. ['zen.spamhaus.org']"):
         name = zone.strip().lower().rstrip(".")
         labels = name.split(".")
         # 180: the query name adds an IPv6 client's 32 nibbles (64 characters); DNS allows 253.
@@ -184,12 +190,8 @@ def zones(value: Any) -> tuple:
 
 def servers(value: Any) -> tuple:
     """DNS servers: '192.0.2.53', '192.0.2.53:5353', '2001:db8::53' or '[2001:db8::53]:5353'."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of DNS server addresses, e.g. ['127.0.0.1'], got {value!r}")
     servers = []
-    for text in value:
+    for text in _strings(value, "a list of DNS server addresses, e.g. ['127.0.0.1']"):
         host, port = text.strip(), 53
         if host.startswith("[") and "]" in host:
             host, _, rest = host[1:].partition("]")
@@ -210,11 +212,8 @@ def servers(value: Any) -> tuple:
 
 def recipient_rules(value: Any) -> tuple:
     """greylist_recipients: recipient entries, with '.domain' taken as '@.domain'."""
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        value = ["@" + v if v.startswith(".") else v for v in value]
-    return entries("recipient")(value)
+    value = _strings(value, "a list of strings")
+    return entries("recipient")(["@" + v if v.startswith(".") else v for v in value])
 
 
 def port(value: Any) -> int:
@@ -233,10 +232,7 @@ def entries(kind: str) -> Callable[[Any], tuple]:
     def check(value: Any) -> tuple:
         from .whitelist import Whitelist, WhitelistEntryError
 
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"expected a list of strings, got {value!r}")
+        value = _strings(value, "a list of strings")
         probe = Whitelist()
         for entry in value:
             try:
@@ -249,11 +245,7 @@ def entries(kind: str) -> Callable[[Any], tuple]:
 
 
 def paths(value: Any) -> tuple:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"expected a list of file paths, got {value!r}")
-    return tuple(value)
+    return tuple(_strings(value, "a list of file paths", non_empty=True))
 
 
 def count(value: Any) -> int:
