@@ -145,6 +145,20 @@ class Counts:
             }
 
 
+def _filled(family, values: dict):
+    """A labelled family with one sample per key of ``values`` (a label value, or a tuple of them)."""
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
+def _when(family, timestamp: Optional[float]):
+    """A time gauge, without a sample until the event has happened."""
+    if timestamp is not None:
+        family.add_metric([], timestamp)
+    return family
+
+
 def _families(snapshot: dict) -> Iterator:
     """The metric families of one snapshot, built with prometheus_client's own types."""
     from prometheus_client.core import (
@@ -153,12 +167,9 @@ def _families(snapshot: dict) -> Iterator:
         HistogramMetricFamily,
     )
 
-    decisions = CounterMetricFamily(f"{PREFIX}_decisions", "Messages decided, by the decision line's "
-                                    "action and reason (whitelist entries left out).",
-                                    labels=["action", "reason"])
-    for (action, reason), count in sorted(snapshot["decisions"].items()):
-        decisions.add_metric([action, reason], count)
-    yield decisions
+    yield _filled(CounterMetricFamily(f"{PREFIX}_decisions", "Messages decided, by the decision line's "
+                                      "action and reason (whitelist entries left out).",
+                                      labels=["action", "reason"]), snapshot["decisions"])
 
     cumulative, buckets = 0, []
     for bound, count in zip(DECISION_BUCKETS + (float("inf"),), snapshot["latency_buckets"]):
@@ -168,50 +179,32 @@ def _families(snapshot: dict) -> Iterator:
                                 "Time the filter took to decide a message.",
                                 buckets=buckets, sum_value=snapshot["latency_sum"])
 
-    last = GaugeMetricFamily(f"{PREFIX}_last_decision_timestamp_seconds",
-                             "When the last message was decided without an error (Unix time).")
-    if snapshot["last_decision"] is not None:
-        last.add_metric([], snapshot["last_decision"])
-    yield last
-
-    errors = CounterMetricFamily(f"{PREFIX}_store_errors", "Store failures while deciding or "
-                                 "purging, by kind (an errno name, or the driver's error class).",
-                                 labels=["kind"])
-    for kind, count in sorted(snapshot["store_errors"].items()):
-        errors.add_metric([kind], count)
-    yield errors
+    yield _when(GaugeMetricFamily(f"{PREFIX}_last_decision_timestamp_seconds",
+                                  "When the last message was decided without an error (Unix time)."),
+                snapshot["last_decision"])
+    yield _filled(CounterMetricFamily(f"{PREFIX}_store_errors", "Store failures while deciding or "
+                                      "purging, by kind (an errno name, or the driver's error class).",
+                                      labels=["kind"]), snapshot["store_errors"])
 
     yield CounterMetricFamily(f"{PREFIX}_store_lock_waits",
                               f"Message transactions that waited more than {LONG_LOCK_WAIT * 1000:g} ms "
                               f"for the store lock.", value=snapshot["long_lock_waits"])
 
-    purges = CounterMetricFamily(f"{PREFIX}_purges", "Purge runs of this process, by result.",
-                                 labels=["result"])
-    for result, count in sorted(snapshot["purges"].items()):
-        purges.add_metric([result], count)
-    yield purges
+    yield _filled(CounterMetricFamily(f"{PREFIX}_purges", "Purge runs of this process, by result.",
+                                      labels=["result"]), snapshot["purges"])
     yield CounterMetricFamily(f"{PREFIX}_purge_duration_seconds",
                               "Time spent purging, all runs together.", value=snapshot["purge_seconds"])
     yield CounterMetricFamily(f"{PREFIX}_purge_removed_entries",
                               "Expired entries the purges removed.", value=snapshot["purge_removed"])
-    last_purge = GaugeMetricFamily(f"{PREFIX}_last_purge_timestamp_seconds",
-                                   "When this process last finished a purge (Unix time).")
-    if snapshot["last_purge"] is not None:
-        last_purge.add_metric([], snapshot["last_purge"])
-    yield last_purge
-
-    entries = GaugeMetricFamily(f"{PREFIX}_store_entries", "Entries per table after the last purge "
-                                "this process ran.", labels=["table"])
-    for table, count in sorted(snapshot["entries"].items()):
-        entries.add_metric([table], count)
-    yield entries
-
+    yield _when(GaugeMetricFamily(f"{PREFIX}_last_purge_timestamp_seconds",
+                                  "When this process last finished a purge (Unix time)."),
+                snapshot["last_purge"])
+    yield _filled(GaugeMetricFamily(f"{PREFIX}_store_entries", "Entries per table after the last purge "
+                                    "this process ran.", labels=["table"]), snapshot["entries"])
     if snapshot["dns"]:
-        dns = CounterMetricFamily(f"{PREFIX}_dns_queries", "DNS list queries, by zone and result "
-                                  "(listed, unlisted, timeout, error).", labels=["zone", "result"])
-        for (zone, result), count in sorted(snapshot["dns"].items()):
-            dns.add_metric([zone, result], count)
-        yield dns
+        yield _filled(CounterMetricFamily(f"{PREFIX}_dns_queries", "DNS list queries, by zone and result "
+                                          "(listed, unlisted, timeout, error).", labels=["zone", "result"]),
+                      snapshot["dns"])
 
 
 class _Collector:
