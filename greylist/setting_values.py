@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import ipaddress
+import math
 import operator
 import re
 from typing import Any, Callable
@@ -28,15 +29,30 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _NAMES = {"True": True, "False": False, "None": None}
 
 
+# Every number a value holds or computes stays within these: far beyond any
+# setting's range, small enough that nothing overflows on the way.
+_LARGEST_INT = 2**63
+_NESTING = "too deeply nested, or too long: write the number itself"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounded(number: Any) -> Any:
+    """A number as computed, refused when infinite, NaN or absurdly large."""
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("not a finite number (infinity or NaN)")
+    if isinstance(number, int) and not isinstance(number, bool) and abs(number) > _LARGEST_INT:
+        raise ValueError("number too large")
+    return number
 
 
 def _evaluate(node: ast.AST) -> Any:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.Name) and node.id in _NAMES:
         return _NAMES[node.id]
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
@@ -50,7 +66,7 @@ def _evaluate(node: ast.AST) -> Any:
         operand = _evaluate(node.operand)
         if not _is_number(operand):
             raise ValueError("sign applied to something that is not a number")
-        return _UNARY[type(node.op)](operand)
+        return _bounded(_UNARY[type(node.op)](operand))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
@@ -60,9 +76,11 @@ def _evaluate(node: ast.AST) -> Any:
         if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):
             raise ValueError("exponent too large")
         try:
-            return _BINARY[type(node.op)](left, right)
+            return _bounded(_BINARY[type(node.op)](left, right))
         except ZeroDivisionError:
             raise ValueError("division by zero") from None
+        except OverflowError:
+            raise ValueError("number too large") from None
     raise ValueError(f"not a literal or arithmetic ({type(node).__name__})")
 
 
@@ -80,6 +98,10 @@ def parse_value(text: str) -> Any:
         raise ValueError(_what_to_write(text, f"not a Python literal ({error.msg})")) from None
     except ValueError as error:
         raise ValueError(_what_to_write(text, str(error))) from None
+    except (RecursionError, MemoryError):
+        # Python's parser and this evaluator both recurse: a chain of thousands
+        # of operators or signs is refused here, not raised out of initFilter.
+        raise ValueError(_NESTING) from None
 
 
 def _what_to_write(text: str, problem: str) -> str:
@@ -96,19 +118,40 @@ def _what_to_write(text: str, problem: str) -> str:
 # --- the known keys ----------------------------------------------------------------
 
 
-def duration(value: Any) -> float:
+TEN_YEARS = 10 * 365 * 86400
+
+
+def _seconds(value: Any) -> float:
     if not _is_number(value):
         raise ValueError(f"expected a number of seconds, got {value!r}")
-    if value < 0:
-        raise ValueError(f"expected a duration of 0 seconds or more, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
     return float(value)
 
 
-def positive_duration(value: Any) -> float:
-    value = duration(value)
-    if value <= 0:
-        raise ValueError("expected a duration of more than 0 seconds")
-    return value
+def _at_most(longest: float) -> str:
+    return f"at most {int(longest)}" + (" (ten years)" if longest == TEN_YEARS else "")
+
+
+def duration(value: Any, longest: float = TEN_YEARS) -> float:
+    """Seconds from 0 to ``longest``."""
+    seconds = _seconds(value)
+    if not 0 <= seconds <= longest:
+        raise ValueError(f"expected a duration of 0 seconds or more, {_at_most(longest)}, got {value!r}")
+    return seconds
+
+
+def positive_duration(value: Any, longest: float = TEN_YEARS) -> float:
+    """Seconds, more than 0 and at most ``longest``."""
+    seconds = _seconds(value)
+    if not 0 < seconds <= longest:
+        raise ValueError(f"expected a duration of more than 0 seconds, {_at_most(longest)}, got {value!r}")
+    return seconds
+
+
+def wait_bound(longest: float) -> Callable[[Any], float]:
+    """A timeout: more than 0 seconds, and at most ``longest`` (mail waits that long at worst)."""
+    return lambda value: positive_duration(value, longest)
 
 
 def prefix(limit: int) -> Callable[[Any], int]:
@@ -248,10 +291,15 @@ def paths(value: Any) -> tuple:
     return tuple(_strings(value, "a list of file paths", non_empty=True))
 
 
-def count(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
-    return value
+def count(lowest: int, highest: int) -> Callable[[Any], int]:
+    """A whole number from ``lowest`` to ``highest``."""
+
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= highest:
+            raise ValueError(f"expected a whole number from {lowest} to {highest}, got {value!r}")
+        return value
+
+    return check
 
 
 def db_type(value: Any) -> str:

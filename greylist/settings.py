@@ -72,6 +72,7 @@ class Settings:
     db_user: Optional[str] = None
     db_password: Optional[str] = field(default=None, repr=False)
     db_timeout: float = 5.0
+    db_pool_size: int = 4  # PostgreSQL connections of one dispatcher, at most
     sources: tuple = ()
 
     def with_db_dir(self, path: str) -> Settings:
@@ -97,7 +98,7 @@ _GREYLIST_KEYS: dict = {
     "whitelist_senders": ("whitelist_senders", values.entries("sender")),
     "whitelist_recipients": ("whitelist_recipients", values.entries("recipient")),
     "whitelist_files": ("whitelist_files", values.paths),
-    "auto_whitelist_clients": ("auto_whitelist_clients", values.count),
+    "auto_whitelist_clients": ("auto_whitelist_clients", values.count(0, 1_000_000)),
     "normalize_senders": ("normalize_senders", values.boolean),
     "spf_triplets": ("spf_triplets", values.boolean),
     "skip_authenticated": ("skip_authenticated", values.boolean),
@@ -108,13 +109,13 @@ _GREYLIST_KEYS: dict = {
     "dnsbl_zones": ("dnsbl_zones", values.zones),
     "dnsbl_greylist_time": ("dnsbl_greylist_time", values.duration),
     "dns_servers": ("dns_servers", values.servers),
-    "dns_timeout": ("dns_timeout", values.positive_duration),
+    "dns_timeout": ("dns_timeout", values.wait_bound(60)),
     "greylist_clients": ("greylist_clients", values.choice("all", "suspicious")),
     "generic_rdns_files": ("generic_rdns_files", values.paths),
     "match_retry_by_message_id": ("match_retry_by_message_id", values.boolean),
     "greylist_recipients": ("greylist_recipients", values.recipient_rules),
     "metrics_file": ("metrics_file", values.prom_path),
-    "metrics_interval": ("metrics_interval", values.positive_duration),
+    "metrics_interval": ("metrics_interval", values.wait_bound(86400)),
     # The original module's debug switch; accepted and ignored.
     "doDebug": (None, values.boolean),
 }
@@ -126,7 +127,8 @@ _TTLDB_KEYS: dict = {
     "db": ("db_name", values.text),
     "user": ("db_user", values.text),
     "password": ("db_password", lambda v: v if isinstance(v, str) else values.text(v)),
-    "timeout": ("db_timeout", values.positive_duration),
+    "timeout": ("db_timeout", values.wait_bound(300)),
+    "pool_size": ("db_pool_size", values.count(1, 100)),
 }
 _SECTIONS = {GREYLIST_SECTION: _GREYLIST_KEYS, TTLDB_SECTION: _TTLDB_KEYS}
 

@@ -196,5 +196,5 @@ def open_store(settings: Settings, readonly: bool = False, wait_for_server: bool
         return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
                              settings.db_password, timeout=settings.db_timeout, readonly=readonly,
                              auto_whitelist=auto_whitelist, message_ids=message_ids,
-                             wait_for_server=wait_for_server)
+                             wait_for_server=wait_for_server, pool_size=settings.db_pool_size)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

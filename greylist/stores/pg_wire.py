@@ -1,8 +1,9 @@
 """PostgreSQL at libpq's level: one multi-statement round trip, bounded in time; quoting; the driver.
 
 psycopg's cursors cost about three times the client CPU of libpq's own
-calls, which ``conn.pgconn`` gives; the store sends each message's
-statements through ``round_trip`` here.
+calls, which ``conn.pgconn`` gives; the store sends every statement through
+``round_trip`` here, the set-up of the tables and the purge included, so
+that no wait for the server is longer than the time it is given.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from . import StoreError, StoreOpenError
 # libpq's PGRES_EMPTY_QUERY, PGRES_COMMAND_OK, PGRES_TUPLES_OK; CONNECTION_OK.
 _SUCCESS = (0, 1, 2)
 _CONNECTION_OK = 0
+_SQLSTATE_FIELD = ord("C")  # PG_DIAG_SQLSTATE
+
+UNDEFINED_TABLE = "42P01"
+# Another host made the same table or index at the same moment.
+ALREADY_MADE = ("42P07", "23505")
 
 
 def quote(text: str) -> str:
@@ -37,13 +43,28 @@ def load_psycopg():
     return psycopg
 
 
-class RoundTripError(StoreError):
-    """A statement failed, or the connection did; ``broken`` says which."""
+def one_line(error: BaseException) -> str:
+    """An error of the driver or the server as one line (the server's messages span several)."""
+    return " ".join(str(error).split())
 
-    def __init__(self, message: str, broken: bool, timed_out: bool = False) -> None:
+
+class RoundTripError(StoreError):
+    """A statement failed, or the connection did; ``broken`` says which.
+
+    ``sqlstate`` is the server's error code when a statement failed.
+    """
+
+    def __init__(self, message: str, broken: bool, timed_out: bool = False,
+                 sqlstate: str = "") -> None:
         super().__init__(message)
         self.broken = broken
         self.timed_out = timed_out
+        self.sqlstate = sqlstate
+
+
+class ServerUnreachable(StoreError):
+    """A connection failed (the server down or booting, the network, but also a refused
+    login: libpq tells them apart only in words): it may succeed later."""
 
 
 def round_trip(conn, query: str, timeout: float) -> list:
@@ -56,6 +77,8 @@ def round_trip(conn, query: str, timeout: float) -> list:
     ``timeout`` even when the network is gone without a word.
     """
     pgconn = conn.pgconn
+    if timeout <= 0:
+        raise RoundTripError("no time left to ask the server", broken=False, timed_out=True)
     try:
         pgconn.send_query(query.encode("utf-8"))
         waiter = select.poll()
@@ -66,7 +89,7 @@ def round_trip(conn, query: str, timeout: float) -> list:
             while pgconn.is_busy():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not waiter.poll(remaining * 1000):
-                    raise RoundTripError(f"no answer within {timeout:g} s", broken=True, timed_out=True)
+                    raise RoundTripError(f"no answer within {timeout:.3g} s", broken=True, timed_out=True)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
@@ -75,15 +98,17 @@ def round_trip(conn, query: str, timeout: float) -> list:
     except RoundTripError:
         raise
     except Exception as error:  # psycopg.OperationalError, OSError: the connection is gone
-        raise RoundTripError(" ".join(str(error).split()), broken=True) from error
+        raise RoundTripError(one_line(error), broken=True) from error
     for result in results:
         if result.status not in _SUCCESS:
             message = (result.error_message or b"").decode("utf-8", "replace")
+            sqlstate = (result.error_field(_SQLSTATE_FIELD) or b"").decode("ascii", "replace")
             raise RoundTripError(" ".join(message.split()) or f"status {result.status}",
-                                  broken=pgconn.status != _CONNECTION_OK)
+                                 broken=pgconn.status != _CONNECTION_OK, sqlstate=sqlstate)
     return results
 
 
-class ServerUnreachable(StoreError):
-    """A connection failed (the server down or booting, the network, but also a refused
-    login: libpq tells them apart only in words): it may succeed later."""
+def value(result, row: int = 0, column: int = 0) -> str:
+    """One field of a result as text (None for NULL)."""
+    raw = result.get_value(row, column)
+    return None if raw is None else raw.decode("utf-8", "surrogateescape")

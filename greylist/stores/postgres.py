@@ -11,30 +11,52 @@ a fixed order, so two messages never wait for each other in a circle), then
 reads, decides and writes with upserts, and commits.  Two hosts deciding the
 same triplet at once therefore take turns, and only one of them sees it new.
 
-Each thread of the dispatcher has its own connection.  A connection found
-broken (the server restarted, the network dropped) is replaced, and a
-transaction that failed before writing anything is tried once more on the
-new connection.  Every statement is bounded by ``timeout`` seconds, as is
-connecting, so an outage never holds mail longer than that.
+Connections come from a small pool (``pg_pool.py``, at most ``pool_size``)
+shared by the dispatcher's threads, one thread per message.  A message has
+``timeout`` seconds in all, for a connection, connecting, and its two round
+trips; a connection found broken (the server restarted) is replaced and the
+transaction tried once more if nothing was read yet; a table someone
+dropped is made again, with one log line.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import threading
 import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-from . import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, TABLES, Store, StoreError, StoreOpenError, Transaction
-from .pg_wire import RoundTripError, ServerUnreachable, load_psycopg, quote, round_trip
+from ..maillog import stderr_line
+from . import (
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    TABLES,
+    Store,
+    StoreError,
+    StoreOpenError,
+    Transaction,
+    pg_schema,
+)
+from .pg_pool import ConnectionPool
+from .pg_wire import (
+    UNDEFINED_TABLE,
+    RoundTripError,
+    ServerUnreachable,
+    load_psycopg,
+    one_line,
+    quote,
+    round_trip,
+    value,
+)
 
 _PURGE_LOCK = 0x67726579  # "grey": one host purges at a time
 _PURGE_BATCH = 1000
+_PAGE = 1000  # rows per round trip when a command reads a whole table
 _LOCKS_PER_SELECT = 1000
 
 
 class _PgTransaction(Transaction):
-    """One message in two round trips to the server.
+    """One message in two round trips to the server, within ``timeout`` from its start.
 
     The first sends BEGIN, the advisory locks of the message's triplets and
     the reads; the second sends the upserts and deletes with COMMIT.  Each
@@ -45,29 +67,36 @@ class _PgTransaction(Transaction):
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._conn = None
+        self._deadline = 0.0
         self._began = False
         self._cache: dict = {}
         self._writes: list = []
 
+    def _left(self) -> float:
+        return self._deadline - time.monotonic()
+
     def __enter__(self) -> _PgTransaction:
-        self._conn = self._store._connection()
+        self._deadline = time.monotonic() + self._store.timeout
+        self._store.make_ready(self._deadline)
+        self._conn = self._store.pool.take(self._deadline)
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        conn = self._conn
-        try:
-            if error is None and self._writes:
-                begin = [] if self._began else ["BEGIN"]
-                round_trip(conn, "; ".join(begin + self._writes + ["COMMIT"]), self._store.timeout)
-            elif self._began:
-                round_trip(conn, "COMMIT" if error is None else "ROLLBACK", self._store.timeout)
-        except RoundTripError as exit_error:
-            self._store._forget(conn)
-            if error is None:
-                raise StoreError(f"PostgreSQL: {exit_error}") from exit_error
-        if isinstance(error, (RoundTripError, self._store._psycopg.Error)):
-            self._store._forget(conn)
-            raise StoreError(f"PostgreSQL: {' '.join(str(error).split())}") from error
+        conn, self._conn = self._conn, None
+        if conn is not None:  # None: taking a new one for the second try failed
+            try:
+                if error is None and self._writes:
+                    begin = [] if self._began else ["BEGIN"]
+                    round_trip(conn, "; ".join(begin + self._writes + ["COMMIT"]), self._left())
+                elif self._began:
+                    round_trip(conn, "COMMIT" if error is None else "ROLLBACK", self._left())
+            except RoundTripError as exit_error:
+                if error is None:
+                    raise StoreError(f"PostgreSQL: {exit_error}") from exit_error
+            finally:
+                self._store.pool.give_back(conn)  # closed there unless it is between transactions
+        if isinstance(error, RoundTripError):
+            raise StoreError(f"PostgreSQL: {error}") from error
 
     def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = (),
                       message_keys: Sequence[str] = ()) -> None:
@@ -78,13 +107,18 @@ class _PgTransaction(Transaction):
         try:
             self._load(unique, counted, messages)
         except RoundTripError as error:
-            if self._writes or not error.broken or error.timed_out:
+            missing_table = error.sqlstate == UNDEFINED_TABLE
+            if self._writes or self._began or error.timed_out or not (missing_table or error.broken):
                 raise  # a timeout already took all the time a message may wait
-            # A connection that died while idle (a server restart): nothing was
-            # read or written in this transaction yet, so try once more.
-            self._store._forget(self._conn)
-            self._conn = self._store._connection()
-            self._began = False
+            # Nothing was read or written in this transaction yet: try once more, on
+            # a new connection (the old one is closed: it died, or its BEGIN failed).
+            conn, self._conn = self._conn, None
+            self._store.pool.give_back(conn)
+            if missing_table:
+                self._store.make_tables_again(error, self._deadline)
+            else:  # a connection that died while idle: the server restarted, so did the others
+                self._store.pool.discard_idle()
+            self._conn = self._store.pool.take(self._deadline)
             self._load(unique, counted, messages)
         finally:
             # The locks are taken and the keys read in one round trip: all of
@@ -118,7 +152,7 @@ class _PgTransaction(Transaction):
         if not reads:
             return
         statements.append(" UNION ALL ".join(reads))
-        results = round_trip(self._conn, "; ".join(statements), self._store.timeout)
+        results = round_trip(self._conn, "; ".join(statements), self._left())
         self._began = True
         found: dict = {(table, key): None for table in TABLES for key in keys}
         found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
@@ -126,14 +160,14 @@ class _PgTransaction(Transaction):
         rows = results[-1]  # the last result is the reads
         for row in range(rows.ntuples):
             which = int(rows.get_value(row, 0))
-            key = rows.get_value(row, 1).decode("utf-8", "surrogateescape")
-            value = int(rows.get_value(row, 2))
+            key = value(rows, row, 1)
+            stamp = int(rows.get_value(row, 2))
             if which == 2:
-                found[(AUTO_WHITELIST_TABLE, key)] = (float(value), int(rows.get_value(row, 3)))
+                found[(AUTO_WHITELIST_TABLE, key)] = (float(stamp), int(rows.get_value(row, 3)))
             elif which == 3:
-                found[(MESSAGE_ID_TABLE, key)] = value
+                found[(MESSAGE_ID_TABLE, key)] = stamp
             else:
-                found[(TABLES[which], key)] = value
+                found[(TABLES[which], key)] = stamp
         self._cache.update(found)
 
     def get(self, table: str, key: str) -> Optional[float]:
@@ -142,8 +176,8 @@ class _PgTransaction(Transaction):
                 self.lock_and_load([], (), [key])
             else:
                 self.lock_and_load([key])
-        value = self._cache.get((table, key))
-        return None if value is None else float(value)
+        stored = self._cache.get((table, key))
+        return None if stored is None else float(stored)
 
     def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
         if (table, key) not in self._cache:
@@ -169,7 +203,7 @@ class _PgTransaction(Transaction):
 
 
 class PostgresStore(Store):
-    """The two reference tables in a PostgreSQL database."""
+    """The reference's tables, and ours when asked for, in a PostgreSQL database."""
 
     decisions_take_turns = False
 
@@ -185,6 +219,8 @@ class PostgresStore(Store):
         auto_whitelist: bool = False,
         message_ids: bool = False,
         wait_for_server: bool = False,
+        pool_size: int = 4,
+        log: Callable[[str], None] = stderr_line,
     ) -> None:
         """Connect, look at the tables and make the reference's if missing.
 
@@ -194,121 +230,103 @@ class PostgresStore(Store):
         self._psycopg = load_psycopg()
         self.readonly = readonly
         self.timeout = timeout
+        self.log = log
         milliseconds = int(timeout * 1000)
         self._params = {
             "host": host, "port": port, "dbname": dbname, "user": user, "password": password,
-            "connect_timeout": max(1, int(round(timeout))),
-            # Keys go into statements as standard SQL literals (see quote).
+            # Keys go into statements as standard SQL literals (see quote).  The
+            # server's own timeouts stop what the client gave up on.
             "options": f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds} "
                        f"-c standard_conforming_strings=on",
             "application_name": "courier-greylist",
         }
         self._params = {k: v for k, v in self._params.items() if v is not None}
         self.description = f"PostgreSQL database {dbname} on {host or 'localhost'}:{port or 5432}"
-        self._local = threading.local()
+        self.pool = ConnectionPool(self._connect, pool_size)
         self.entries_after_purge = {}
-        self._all: list = []
-        self._all_lock = threading.Lock()
         self._wanted = {AUTO_WHITELIST_TABLE: auto_whitelist, MESSAGE_ID_TABLE: message_ids}
         self.tables = TABLES + tuple(table for table, wanted in self._wanted.items() if wanted)
         self._ready = False  # the tables were looked at (and made), on a first connection
         self._ready_lock = threading.Lock()
         self.unreachable_at_start: Optional[str] = None
         try:
-            self._make_ready()
+            self.make_ready(time.monotonic() + timeout)
         except StoreError as error:
             if not (wait_for_server and isinstance(error, ServerUnreachable)):
+                self.pool.close()
                 raise StoreOpenError(str(error)) from None
             # The dispatcher starts all the same (an MX may boot before its database
             # host): each message follows on_store_error until the server answers.
             self.unreachable_at_start = str(error)
 
-    def _make_ready(self) -> None:
+    # connections
+
+    def _connect(self, deadline: float):
+        # libpq counts whole seconds, and at least 2.
+        seconds = max(1, math.ceil(deadline - time.monotonic()))
+        try:
+            return self._psycopg.connect(autocommit=True, connect_timeout=seconds, **self._params)
+        except self._psycopg.OperationalError as error:
+            raise ServerUnreachable(f"cannot connect to {self.description}: {one_line(error)}") from None
+        except self._psycopg.Error as error:
+            raise StoreError(f"cannot connect to {self.description}: {one_line(error)}") from None
+
+    def _on_connection(self, job: Callable, deadline: float):
+        """``job(conn, seconds left)`` on a connection of the pool; its errors as StoreError."""
+        conn = self.pool.take(deadline)
+        try:
+            return job(conn, deadline - time.monotonic())
+        except RoundTripError as error:
+            raise StoreError(f"cannot use {self.description}: {error}") from None
+        finally:
+            self.pool.give_back(conn)
+
+    def make_ready(self, deadline: float) -> None:
         """On the first connection: which tables there are, and the reference's made if missing."""
         if self._ready:
             return
-        with self._ready_lock:
-            if self._ready:
-                return
-            try:
-                conn = self._connection()
-                self.tables = TABLES + tuple(
-                    table for table, wanted in self._wanted.items()
-                    if wanted or conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0])
-                if not self.readonly:
-                    self._create_tables(conn)
-            except self._psycopg.Error as error:
-                raise StoreError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
-            self._ready = True
-
-    # connections
-
-    def _connect(self, autocommit: bool = False):
+        # Bounded: a message never waits past its deadline for another's set-up.
+        if not self._ready_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StoreError(f"{self.description}: the tables are still being looked at")
         try:
-            return self._psycopg.connect(autocommit=autocommit, **self._params)
-        except self._psycopg.OperationalError as error:
-            raise ServerUnreachable(f"cannot connect to {self.description}: "
-                                     f"{' '.join(str(error).split())}") from None
-        except self._psycopg.Error as error:
-            raise StoreError(f"cannot connect to {self.description}: "
-                             f"{' '.join(str(error).split())}") from None
-
-    def _connection(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            conn = self._connect(autocommit=True)  # transactions are ours: BEGIN ... COMMIT
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
-    def _forget(self, conn) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        try:
-            conn.close()
-        except self._psycopg.Error:
-            pass
-
-    def _create_tables(self, conn) -> None:
-        """The reference's tables if missing, and an index for the purge (built live)."""
-        for table in self.tables:
-            extra = ", passes INTEGER NOT NULL DEFAULT 0" if table == AUTO_WHITELIST_TABLE else ""
-            try:
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
-                             f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL{extra}, PRIMARY KEY(id))")
-            except self._psycopg.errors.UniqueViolation:
-                pass  # another host created it at this very moment
-        admin = self._connect(autocommit=True)
-        try:
-            for table in self.tables:
-                index = f"{table.lower()}_value_idx"
-                exists = admin.execute(
-                    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                    "WHERE c.relname = %s AND i.indisvalid", (index,)).fetchone()
-                if not exists:
-                    admin.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")  # a failed earlier build
-                    admin.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} (value)")
-        except self._psycopg.Error:
-            pass  # another host builds it right now; the purge works without it, only slower
+            if not self._ready:
+                self._on_connection(self._look_at_tables, deadline)
+                self._ready = True
         finally:
-            admin.close()
+            self._ready_lock.release()
+
+    def _look_at_tables(self, conn, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        present = pg_schema.existing(conn, list(self._wanted), seconds)
+        self.tables = TABLES + tuple(table for table, wanted in self._wanted.items()
+                                     if wanted or present[table])
+        if self.readonly:
+            return
+        pg_schema.create_tables(conn, self.tables, deadline - time.monotonic())
+        try:
+            pg_schema.create_indexes(conn, self.tables, deadline - time.monotonic())
+        except RoundTripError:
+            pass  # another host builds one right now, or it takes long: the purge works without it
+
+    def make_tables_again(self, error: RoundTripError, deadline: float) -> None:
+        """A statement found a table missing (someone dropped it): make the tables again."""
+        if self.readonly:
+            raise StoreError(f"PostgreSQL: {error}")
+        self.log(f"greylist: {self.description}: {error}; making the tables again")
+        self._on_connection(lambda conn, seconds: pg_schema.create_tables(conn, self.tables, seconds),
+                            deadline)
 
     def missing_tables(self) -> list:
         """The tables this store uses that the database does not have (yet)."""
-        try:
-            conn = self._connection()
-            return [table for table in self.tables
-                    if conn.execute("SELECT to_regclass(%s)", (table.lower(),)).fetchone()[0] is None]
-        except self._psycopg.Error as error:
-            raise StoreError(f"cannot use {self.description}: {' '.join(str(error).split())}") from None
+        present = self._on_connection(lambda conn, seconds: pg_schema.existing(conn, self.tables, seconds),
+                                      time.monotonic() + self.timeout)
+        return [table for table in self.tables if not present[table]]
 
     # the Store interface
 
     def transaction(self) -> _PgTransaction:
         if self.readonly:
             raise StoreError(f"{self.description} is open read-only")
-        self._make_ready()
         return _PgTransaction(self)
 
     def purge(
@@ -317,68 +335,69 @@ class PostgresStore(Store):
         older_than: float,
         progress: Optional[Callable[[int], None]] = None,
     ) -> int:
+        """Delete in batches, one host at a time; each round trip bounded by ``timeout``."""
         if self.readonly:
             raise StoreError(f"{self.description} is open read-only; cannot purge")
-        self._make_ready()
-        conn = self._connect(autocommit=True)
-        removed = 0
+        self.make_ready(time.monotonic() + self.timeout)
+        conn = self.pool.take(time.monotonic() + self.timeout)
         held = False
+        removed = 0
         try:
-            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,)).fetchone()[0]
+            held = value(round_trip(conn, f"SELECT pg_try_advisory_lock({_PURGE_LOCK})",
+                                    self.timeout)[0]) == "t"
             if not held:
                 return 0  # another host is purging
             while True:
-                cursor = conn.execute(
-                    f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                    f"SELECT ctid FROM {table} WHERE value < %s LIMIT {_PURGE_BATCH}))",
-                    (int(older_than),))
-                removed += cursor.rowcount
+                deleted = round_trip(conn, f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                                           f"SELECT ctid FROM {table} WHERE value < {int(older_than)} "
+                                           f"LIMIT {_PURGE_BATCH}))", self.timeout)[0]
+                count = int(deleted.command_tuples or 0)
+                removed += count
                 if progress is not None:
                     progress(removed)
-                if cursor.rowcount < _PURGE_BATCH:
-                    # One scan per purge (hours apart), on the purge's own connection.
-                    self.entries_after_purge[table] = conn.execute(
-                        f"SELECT count(*) FROM {table}").fetchone()[0]
-                    return removed
-        except self._psycopg.Error as error:
-            raise StoreError(f"purge of {table}: {error}".strip()) from error
+                if count < _PURGE_BATCH:
+                    break
+            # One scan per purge (hours apart), on the purge's own connection.
+            self.entries_after_purge[table] = int(value(round_trip(
+                conn, f"SELECT count(*) FROM {table}", self.timeout)[0]))
+            return removed
+        except RoundTripError as error:
+            raise StoreError(f"purge of {table}: {error}") from error
         finally:
-            # Released here, not by closing: the server drops a closed session's
+            # Let go here, not by closing: the server drops a closed session's
             # locks a moment later, and the next table's purge would find it held.
-            if held and not conn.broken:
-                with contextlib.suppress(self._psycopg.Error):
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_PURGE_LOCK,))
-            conn.close()
+            if held:
+                try:
+                    round_trip(conn, f"SELECT pg_advisory_unlock({_PURGE_LOCK})", self.timeout)
+                except RoundTripError:
+                    conn.close()  # the server lets go of a closed session's locks
+            self.pool.give_back(conn)
+
+    def _pages(self, table: str, columns: str) -> Iterator[list]:
+        """Every row of a table in pages of _PAGE, by key: no page waits longer than ``timeout``."""
+        after = ""
+        while True:
+            def page(conn, seconds, after=after):
+                result = round_trip(conn, f"SELECT rtrim(id), value, {columns} FROM {table} "
+                                          f"WHERE id > {quote(after)} ORDER BY id LIMIT {_PAGE}", seconds)[0]
+                return [[value(result, row, column) for column in range(result.nfields)]
+                        for row in range(result.ntuples)]
+
+            rows = self._on_connection(page, time.monotonic() + self.timeout)
+            yield rows
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
 
     def items(self, table: str) -> Iterator[Tuple[str, Optional[float]]]:
-        conn = self._connect()
-        try:
-            with conn.cursor(name="greylist_items") as cursor:
-                cursor.execute(f"SELECT rtrim(id), value FROM {table}")
-                for key, value in cursor:
-                    yield key, float(value)
-        except self._psycopg.Error as error:
-            raise StoreError(f"reading {table}: {error}".strip()) from error
-        finally:
-            conn.close()
+        for rows in self._pages(table, "0"):
+            for key, stamp, _ in rows:
+                yield key, float(stamp)
 
     def counted_items(self, table: str) -> Iterator[Tuple[str, float, int]]:
-        conn = self._connect()
-        try:
-            with conn.cursor(name="greylist_counted_items") as cursor:
-                cursor.execute(f"SELECT rtrim(id), value, passes FROM {table}")
-                for key, value, passes in cursor:
-                    yield key, float(value), int(passes)
-        except self._psycopg.Error as error:
-            raise StoreError(f"reading {table}: {error}".strip()) from error
-        finally:
-            conn.close()
+        for rows in self._pages(table, "passes"):
+            for key, stamp, passes in rows:
+                yield key, float(stamp), int(passes)
 
     def close(self) -> None:
-        with self._all_lock:
-            connections, self._all = self._all, []
-        for conn in connections:
-            try:
-                conn.close()
-            except self._psycopg.Error:
-                pass
+        self.pool.close()

@@ -18,7 +18,14 @@ import re
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import StoreOpenError
-from .files import FILE_MODE, create_temporary, fsync_path, pwrite_all, remove_stale_temporaries, write_all
+from .files import (
+    create_temporary,
+    fsync_path,
+    open_regular,
+    pwrite_all,
+    remove_stale_temporaries,
+    write_all,
+)
 from .tables import Table
 
 if TYPE_CHECKING:
@@ -46,6 +53,11 @@ def _free_blocks(entries, dat_end: int) -> set:
     return free
 
 
+def _which(error: OSError) -> str:
+    """Which of the two files an error is about, when it says."""
+    return f" ({error.filename})" if error.filename else ""
+
+
 def _index_line(key: bytes, pos: int, size: int) -> bytes:
     return b"%s, (%d, %d)\n" % (repr(key.decode("latin-1")).encode("latin-1"), pos, size)
 
@@ -68,14 +80,13 @@ class DumbTable(Table):
         self._dat = self._dir = -1
         try:
             if not readonly:
-                for path in (self.dat_path, self.dir_path):
-                    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE))
-            self._dat = os.open(self.dat_path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+                os.close(open_regular(self.dir_path, os.O_RDWR | os.O_CREAT))
+            self._dat = open_regular(self.dat_path, os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT)
             self._load_index(cut_torn_tail=locked)
         except OSError as error:
             self.close()
             raise StoreOpenError(f"cannot open dbm.dumb files {base}.dat/.dir: "
-                                 f"{error.strerror}") from None
+                                 f"{error.strerror}{_which(error)}") from None
 
     # the index
 
@@ -110,8 +121,7 @@ class DumbTable(Table):
         if self._dir >= 0:
             fd, self._dir = self._dir, -1  # never keep a number that was closed
             os.close(fd)
-        flags = (os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND) | os.O_CLOEXEC
-        self._dir = os.open(self.dir_path, flags)
+        self._dir = open_regular(self.dir_path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND)
         info = os.fstat(self._dir)
         self._dir_identity = (info.st_dev, info.st_ino)
         self.index: dict = {}
@@ -262,7 +272,7 @@ class DumbTable(Table):
                     free.difference_update(_blocks_of(pos, size))
                 old, self._dir = self._dir, -1
                 os.close(old)
-                self._dir = os.open(self.dir_path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+                self._dir = open_regular(self.dir_path, os.O_RDWR | os.O_APPEND)
                 info = os.fstat(self._dir)
                 self._dir_identity = (info.st_dev, info.st_ino)
                 self._dir_offset = info.st_size

@@ -1,12 +1,17 @@
-"""File helpers every room of the dbm store uses: whole writes, durable renames, temporary names."""
+"""File helpers every room of the dbm store uses: whole writes, durable renames, temporary names,
+and which dbm flavour a file is, without following a link or blocking on a FIFO."""
 
 from __future__ import annotations
 
+import dbm
 import errno
 import os
-import secrets
+from typing import Optional
 
-FILE_MODE = 0o600
+from ...safe_files import FILE_MODE, check_regular, create_temporary, open_regular
+
+__all__ = ["FILE_MODE", "create_temporary", "open_regular", "flavour_of", "write_all", "pwrite_all",
+           "fsync_path", "temporary_owner", "remove_stale_temporaries"]
 
 
 def write_all(fd: int, data: bytes, what: str) -> None:
@@ -37,23 +42,6 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def create_temporary(base: str, purpose: str) -> tuple:
-    """A new file beside ``base`` for one operation: (descriptor, path).
-
-    The name is this operation's alone (``<base>.<purpose>.<pid>.<random>``)
-    and is created with O_EXCL|O_NOFOLLOW, so that two operations never
-    share a file and a link planted at the name is never followed.
-    """
-    while True:
-        path = f"{base}.{purpose}.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         FILE_MODE)
-        except FileExistsError:
-            continue
-        return fd, path
-
-
 def temporary_owner(base: str, name: str, purpose: str):
     """The pid in a temporary name made by ``create_temporary`` for ``base``, else None."""
     prefix = os.path.basename(base) + f".{purpose}."
@@ -79,3 +67,24 @@ def remove_stale_temporaries(base: str, purpose: str) -> None:
                 pass
         except PermissionError:
             pass  # alive, under another user
+
+
+# The names stdlib dbm.whichdb opens for a store file, and the flavours those are.
+_WHICHDB_NAMES = ("", ".dat", ".dir", ".pag", ".db")
+
+
+def flavour_of(base: str) -> Optional[str]:
+    """``dbm.whichdb``'s answer for a store file, after making sure that it can safely look.
+
+    whichdb opens the file and its companions by name: one of them a FIFO
+    would block it forever, a link would make it read another file.  So
+    every name it may open that exists must be a regular file (else
+    NotARegularFile, an OSError).
+    """
+    for suffix in _WHICHDB_NAMES:
+        try:
+            info = os.lstat(base + suffix)
+        except FileNotFoundError:
+            continue
+        check_regular(base + suffix, info.st_mode)
+    return dbm.whichdb(base)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 from ...maillog import stderr_line
 from .. import StoreOpenError
 from . import fold, journal
-from .files import FILE_MODE, write_all
+from .files import FILE_MODE, open_regular, write_all
 from .tables import Table
 
 if TYPE_CHECKING:
@@ -78,12 +78,21 @@ class GdbmTable(Table):
     def reopen(self) -> None:
         """Open the gdbm file (creating an empty one if allowed) and read the journal."""
         self._create_if_missing()
+        # The anchor first, never through a link nor blocking on a FIFO; then
+        # gdbm by name, which must still be the anchor's file.
+        anchor = open_regular(self.base, os.O_RDONLY)
         try:
-            db = self._gnu.open(self.base, "ru")
-            anchor = os.open(self.base, os.O_RDONLY | os.O_CLOEXEC)
             info = os.fstat(anchor)
-        except self._gnu.error as error:
-            raise StoreOpenError(f"cannot open gdbm file {self.base}: {error}") from None
+            db = self._gnu.open(self.base, "ru")
+            named = os.stat(self.base)
+            if (named.st_dev, named.st_ino) != (info.st_dev, info.st_ino):
+                db.close()
+                raise StoreOpenError(f"{self.base} was replaced while it was being opened")
+        except BaseException as error:
+            os.close(anchor)
+            if isinstance(error, self._gnu.error):
+                raise StoreOpenError(f"cannot open gdbm file {self.base}: {error}") from None
+            raise
         # The old file was renamed over: the last close of it frees its pages
         # and blocks, milliseconds for a large file.  gdbm's close keeps the
         # GIL, os.close does not: the old anchor is closed after the lock is let go.
@@ -95,10 +104,9 @@ class GdbmTable(Table):
         self._opened += 1
         self._file = (db, self._opened)
         if self._journal < 0:
-            flags = os.O_CLOEXEC | os.O_NOFOLLOW
-            flags |= os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT | os.O_APPEND
+            flags = os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT | os.O_APPEND
             try:
-                self._journal = os.open(self.journal_path, flags, FILE_MODE)
+                self._journal = open_regular(self.journal_path, flags)
             except FileNotFoundError:
                 self._journal = -1  # read-only, and nobody ever wrote one
         self._overlay, self.journal_end = {}, 0

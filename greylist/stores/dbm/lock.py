@@ -37,11 +37,12 @@ import threading
 import time
 from typing import Iterator, Optional, Tuple
 
+from ...safe_files import NotARegularFile, open_regular
 from .. import StoreError, StoreOpenError
 
 LOCK_NAME = "greylist.lock"
 FORMAT = 1
-FILE_MODE = 0o600
+FILE_MODE = 0o600  # the lock file's, as every store file's
 _MAGIC = b"CGLK"
 _HEADER = struct.Struct("<4sIQdI4x")  # magic, format, generation, last purge, folds
 _STATE = struct.Struct("<QdI")  # what follows magic and format
@@ -70,14 +71,14 @@ class StoreLock:
         self._state = (0, 0.0, 0)
 
     def _open(self) -> Optional[int]:
-        flags = os.O_CLOEXEC | os.O_NOFOLLOW
-        flags |= os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT
         try:
-            fd = os.open(self.path, flags, FILE_MODE)
+            fd = open_regular(self.path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT, FILE_MODE)
         except FileNotFoundError:
             if not self.readonly:
                 raise
             return None  # nobody ever wrote here, so nobody to exclude
+        except NotARegularFile as error:
+            raise LockFileError(f"refusing lock file {self.path}: {error.strerror}") from None
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise LockFileError(f"refusing lock file {self.path}: it is a symbolic link") from None

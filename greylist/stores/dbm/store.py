@@ -20,7 +20,6 @@ How a message's transaction reads and writes (``DbmTransaction``, transaction.py
 from __future__ import annotations
 
 import contextlib
-import dbm
 import os
 import stat
 import threading
@@ -37,6 +36,7 @@ from .. import (
     parse_timestamp,
 )
 from .dumb_table import DumbTable
+from .files import flavour_of
 from .gdbm_table import GdbmTable, gdbm_module
 from .lock import LOCK_NAME, StoreLock
 from .purge import KeyList
@@ -89,9 +89,13 @@ class DbmStore(Store):
                                  f"by uid {os.geteuid()}")
         self._tables: dict = {}
         self.entries_after_purge = {}
-        self.tables = TABLES + tuple(
-            name for name, wanted in ((AUTO_WHITELIST_TABLE, auto_whitelist), (MESSAGE_ID_TABLE, message_ids))
-            if wanted or dbm.whichdb(os.path.join(directory, name)))
+        try:
+            self.tables = TABLES + tuple(
+                name for name, wanted in ((AUTO_WHITELIST_TABLE, auto_whitelist),
+                                          (MESSAGE_ID_TABLE, message_ids))
+                if wanted or flavour_of(os.path.join(directory, name)))
+        except OSError as error:
+            raise StoreOpenError(f"cannot open store in {directory}: {error}") from None
         # The lock's generation and fold count as this process last saw them.
         self._generation = -1
         self._folds = -1
@@ -109,7 +113,7 @@ class DbmStore(Store):
             # second process starting up does not hold up the mail of the first.
             for name in self.tables:
                 base = os.path.join(directory, name)
-                if dbm.whichdb(base) == "dbm.dumb":
+                if flavour_of(base) == "dbm.dumb":
                     self._tables[name] = DumbTable(base, readonly, locked=False)
             with self._lock.held():
                 for name in self.tables:
@@ -130,7 +134,7 @@ class DbmStore(Store):
         self.description = f"{'/'.join(flavours)} in {directory}"
 
     def _open_table(self, base: str) -> Table:
-        flavour = dbm.whichdb(base)
+        flavour = flavour_of(base)
         if flavour is None:
             if self.readonly:
                 raise StoreOpenError(f"no store at {base}")
