@@ -5,9 +5,25 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import host  # noqa: E402  (first: it points GREYLIST_TEST_ETC, which every child inherits, at ETC)
 from pgserver import PostgresServer, from_environment, server_binaries  # noqa: E402
 
 from greylist.stores import ALL_TABLES  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_tests_own_etc():
+    """In this process too, courier.config reads the tests' etc, never the host's (host.py)."""
+    import shutil
+
+    import courier.config
+
+    saved = courier.config._standard_config_paths, courier.config.sysconfdir
+    courier.config._standard_config_paths = [host.standard_config()]
+    courier.config.sysconfdir = os.path.join(host.ETC, "courier")
+    yield
+    courier.config._standard_config_paths, courier.config.sysconfdir = saved
+    shutil.rmtree(host.ETC, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

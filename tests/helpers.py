@@ -94,7 +94,7 @@ def load_reference(config_path: str, clock: Clock):
     """courier-pythonfilter 3.0.6's greylist module, on our config and clock."""
     import courier.config
 
-    courier.config._standard_config_paths = [config_path]
+    standard, courier.config._standard_config_paths = courier.config._standard_config_paths, [config_path]
     ttldb = importlib.import_module("pythonfilter.ttldb")
     reference = importlib.import_module("pythonfilter.greylist")
     reference = importlib.reload(reference)
@@ -102,10 +102,11 @@ def load_reference(config_path: str, clock: Clock):
     ttldb.time = _ClockTime(clock)
     stderr, sys.stderr = sys.stderr, open(os.devnull, "w")
     try:
-        reference.init_filter()
+        reference.init_filter()  # it reads its settings here, and only here
     finally:
         sys.stderr.close()
         sys.stderr = stderr
+        courier.config._standard_config_paths = standard
     return reference
 
 

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
+from dispatcher import Dispatcher, greylist
 from helpers import Clock, write_config, write_control
-from test_dispatcher import SYSTEM_CONFS, Dispatcher, greylist
 
 from greylist.filter import GreylistFilter
 from greylist.metrics import Counts, MetricsFile, reason_label
@@ -51,8 +51,6 @@ def with_metrics(tmp_path):
     greylist("install", "--uninstall")
 
 
-@pytest.mark.skipif(any(os.path.exists(p) for p in SYSTEM_CONFS),
-                    reason="a system pythonfilter.conf exists and would take precedence over the test's")
 def test_the_dispatcher_writes_what_it_decided_at_exit(tmp_path, with_metrics):
     config, prom = with_metrics
     dispatcher = Dispatcher(tmp_path, config)

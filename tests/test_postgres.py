@@ -10,6 +10,7 @@ import time
 
 import pytest
 from helpers import Clock, close_reference, load_reference, replay_total, write_control
+from host import greylist_command
 from pgserver import write_pg_config
 
 from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
@@ -244,7 +245,7 @@ def test_migrate_dbm_to_postgres_and_back(tmp_path, conninfo):
     controls = [write_control(str(tmp_path / f"C{n}"), f"s{n}@example.com") for n in range(5)]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "greylist", *args], capture_output=True,
+        return subprocess.run(greylist_command(*args), capture_output=True,
                               text=True, timeout=120)
 
     for path in controls:
@@ -343,7 +344,7 @@ def test_check_config_connects_and_looks_at_the_tables(tmp_path, conninfo):
     config = write_pg_config(tmp_path / "m.conf", conninfo)
 
     def check_config(path):
-        return subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", str(path)],
+        return subprocess.run(greylist_command("check-config", "--config", str(path)),
                               capture_output=True, text=True, timeout=60)
 
     fresh = check_config(config)

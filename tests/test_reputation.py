@@ -25,6 +25,7 @@ from dnslist_server import (
     wait_for,
 )
 from helpers import Clock, write_config, write_control
+from host import greylist_command
 
 from greylist.filter import GreylistFilter
 from greylist.metrics import Counts
@@ -213,8 +214,8 @@ def test_check_explain_shows_the_dns_answers(tmp_path, rbldnsd):
     config = write_config(str(tmp_path / "m.conf"), str(store), dnsbl_zones=[BL], dnswl_zones=[WL],
                           dns_servers=[rbldnsd.server])
     control = write_control(str(tmp_path / "C1"), ip=BL_V4)
-    result = subprocess.run([sys.executable, "-m", "greylist", "check", "--explain", "--config", config,
-                             control], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(greylist_command("check", "--explain", "--config", config,
+                             control), capture_output=True, text=True, timeout=60)
     assert result.returncode == 75 and result.stdout == WAIT_30 + "\n"
     assert f"  dns {WL}: unlisted (no address)\n" in result.stderr
     assert f"  dns {BL}: listed (127.0.0.4)\n" in result.stderr
@@ -301,7 +302,7 @@ def test_check_config_asks_each_dns_list_for_its_test_entry(tmp_path, rbldnsd):
     try:
         config = write_config(str(tmp_path / "m.conf"), str(tmp_path), dnswl_zones=[WL], dnsbl_zones=[BL],
                               dns_servers=[rbldnsd.server])
-        result = subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", config],
+        result = subprocess.run(greylist_command("check-config", "--config", config),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert f"note: DNS list {BL} answers (its test entry 127.0.0.2 is listed)" in result.stdout
@@ -309,7 +310,7 @@ def test_check_config_asks_each_dns_list_for_its_test_entry(tmp_path, rbldnsd):
                f"until it answers, it lists nobody" in result.stdout
         config = write_config(str(tmp_path / "m.conf"), str(tmp_path), dnsbl_zones=[BL],
                               dns_servers=[silent.server], dns_timeout=0.2)
-        result = subprocess.run([sys.executable, "-m", "greylist", "check-config", "--config", config],
+        result = subprocess.run(greylist_command("check-config", "--config", config),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and f"note: DNS list {BL}: its test entry 127.0.0.2 is timeout" \
             in result.stdout

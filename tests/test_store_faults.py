@@ -18,6 +18,7 @@ import time
 
 import pytest
 from helpers import DBM_FLAVOURS, Clock, needs_gdbm, second_waits_for_first, stdlib_contents, write_control
+from host import greylist_command
 
 from greylist.filter import GreylistFilter
 from greylist.metrics import Counts
@@ -183,7 +184,7 @@ def test_dumb_compaction_on_a_nearly_full_disk_keeps_a_whole_index(small_disk):
             tx.set(PASSED_TABLE, f"{n:032x}", 1_000 if n % 2 else int(time.time()))
     store.close()
     small_disk.fill(leave=8192)
-    result = subprocess.run([sys.executable, "-m", "greylist", "purge", "--db-dir", str(store_dir)],
+    result = subprocess.run(greylist_command("purge", "--db-dir", str(store_dir)),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "No space left" in result.stderr, result.stderr
     live = {key for key, value in stdlib_contents(store_dir, PASSED_TABLE).items() if value != "0000"}

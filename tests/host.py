@@ -1,0 +1,71 @@
+"""The host the tests run on, made the tests' own: they never read its /etc.
+
+A Courier host that runs courier-pythonfilter has /etc/pythonfilter.conf and
+/etc/pythonfilter-modules.conf (and /usr/local/etc/ ones after a pip
+install as root); so does a test machine after tests/e2e ran.  The filter
+reads the second by default, and the dispatcher takes the first
+pythonfilter.conf it finds, in /etc before anywhere else.  So:
+
+* ``ETC`` stands for /etc: courier.config's standard paths and Courier's
+  sysconfdir point into it, in the test process (conftest.py) and in every
+  ``greylist`` command a test runs (``greylist_command``);
+* the dispatcher runs, where the host has a pythonfilter.conf of its own, in
+  a mount namespace of its own in which the test's file is mounted over the
+  host's (``dispatcher_command``): the unmodified dispatcher reads the test's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYSTEM_FILTER_CONFS = ["/etc/pythonfilter.conf", "/usr/local/etc/pythonfilter.conf"]
+ETC = os.environ.setdefault("GREYLIST_TEST_ETC", tempfile.mkdtemp(prefix="greylist-test-etc-"))
+
+
+def standard_config() -> str:
+    """The tests' pythonfilter-modules.conf in the standard place (absent unless a test writes it)."""
+    return os.path.join(ETC, "pythonfilter-modules.conf")
+
+
+def greylist_command(*args: str) -> List[str]:
+    """The argv of ``greylist ARGS...`` as on a host whose /etc is ``ETC``."""
+    return [sys.executable, os.path.join(HERE, "greylist_here.py"), *args]
+
+
+def hidden_system_confs() -> List[str]:
+    """The host's pythonfilter.conf files, which the dispatcher would read before the test's."""
+    return [path for path in SYSTEM_FILTER_CONFS if os.path.exists(path)]
+
+
+def namespace_prefix() -> Optional[List[str]]:
+    """How to run a command in a mount namespace of its own: as root, or as a user mapped to root."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    for prefix in ([unshare, "--mount", "--propagation", "private"],
+                   [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]):
+        if subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0:
+            return prefix
+    return None
+
+
+def dispatcher_command(command: List[str], filter_conf: str) -> List[str]:
+    """``command`` (the dispatcher), seeing ``filter_conf`` wherever the host has a pythonfilter.conf.
+
+    Raises RuntimeError when the host has one and no namespace can hide it.
+    """
+    hidden = hidden_system_confs()
+    if not hidden:
+        return command
+    prefix = namespace_prefix()
+    if prefix is None:
+        raise RuntimeError(f"the host's {', '.join(hidden)} would take precedence over the test's, "
+                           f"and unshare cannot make a mount namespace here to cover it")
+    mounts = " && ".join(f"mount --bind \"$1\" {path}" for path in hidden)
+    return [*prefix, "sh", "-c", f"{mounts} && shift && exec \"$@\"", "sh", filter_conf, *command]
