@@ -8,6 +8,7 @@ that no wait for the server is longer than the time it is given.
 
 from __future__ import annotations
 
+import math
 import select
 import time
 
@@ -89,7 +90,9 @@ def round_trip(conn, query: str, timeout: float) -> list:
             while pgconn.is_busy():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not waiter.poll(remaining * 1000):
-                    raise RoundTripError(f"no answer within {timeout:.3g} s", broken=True, timed_out=True)
+                    # In whole seconds: what is left of a message's timeout is a little less.
+                    raise RoundTripError(f"no answer within {math.ceil(timeout):g} s", broken=True,
+                                         timed_out=True)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:

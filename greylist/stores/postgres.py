@@ -277,7 +277,9 @@ class PostgresStore(Store):
         try:
             return job(conn, deadline - time.monotonic())
         except RoundTripError as error:
-            raise StoreError(f"cannot use {self.description}: {error}") from None
+            # A server that stopped answering may answer again: as one that is down.
+            kind = ServerUnreachable if error.broken else StoreError
+            raise kind(f"cannot use {self.description}: {error}") from None
         finally:
             self.pool.give_back(conn)
 
