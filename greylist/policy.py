@@ -15,6 +15,13 @@ The message is accepted only when every triplet passes; otherwise the reply
 carries the longest wait.  Entries older than their store's time-to-live
 count as unknown whether or not a purge has removed them yet, so a decision
 never depends on when the purge last ran.
+
+A stored time after ``now`` was written while the clock was ahead (an NTP
+step, a virtual machine resumed from a snapshot).  It is read as ``now``,
+and a pending one is written back as ``now``: the wait it tells the sender
+starts with this attempt, and the retry it asks for passes.  With a clock
+that never goes back, no stored time is ever after ``now``, and every
+decision is the reference's.
 """
 
 from __future__ import annotations
@@ -122,6 +129,9 @@ def decide(
                 decision.accept = False
                 decision.wait = max(decision.wait, time_to_go)
                 decision.outcomes.append(Outcome(key, "early-retry", time_to_go))
+                if current.not_passed > now:  # from a clock that was ahead: the wait starts now
+                    decision.writes.append(Write(NOT_PASSED, key, stamp))
+                    state[key] = StoredState(float(stamp), current.passed)
                 continue
             decision.writes.append(Write(PASSED, key, stamp))
             decision.writes.append(Write(NOT_PASSED, key, None))
@@ -166,7 +176,8 @@ def retried_by_message_id(decision: Decision, message_keys: Mapping[str, str],
             wait = max(wait, outcome.wait) if outcome.reason in ("new", "early-retry") else wait
             continue
         message_key = message_keys[key]
-        first = _live(seen.get(message_key), timing.not_passed_ttl, now)
+        stored = seen.get(message_key)
+        first = _live(stored, timing.not_passed_ttl, now)
         if first is not None and first + timing.greylist_time <= now:
             passing.add(key)
             outcomes.append(Outcome(key, "retry-by-message-id", pending_for=now - first))
@@ -174,7 +185,7 @@ def retried_by_message_id(decision: Decision, message_keys: Mapping[str, str],
         left = outcome.wait if first is None else min(outcome.wait, first + timing.greylist_time - now)
         outcomes.append(outcome._replace(wait=left))
         wait = max(wait, left)
-        if first is None:
+        if first is None or stored > now:  # new, or from a clock that was ahead
             remember[message_key] = stamp
     writes = [w for w in decision.writes if w.key not in passing]
     for key in dict.fromkeys(k for k in message_keys if k in passing):

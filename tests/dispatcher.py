@@ -29,7 +29,7 @@ def greylist(*args):
 
 
 class Dispatcher:
-    def __init__(self, tmp_path, config_path, modules="courier_greylist\n"):
+    def __init__(self, tmp_path, config_path, modules="courier_greylist\n", env=None):
         self.root = tmp_path
         etc, spool, bindir = tmp_path / "etc", tmp_path / "spool", tmp_path / "bin"
         for path in (etc, spool / "allfilters", spool / "tmp", bindir):
@@ -41,7 +41,7 @@ class Dispatcher:
         self.socket_path = str(spool / "allfilters" / "pythonfilter")
         self.spool = spool / "tmp"
         self.log = open(tmp_path / "dispatcher.log", "w+")
-        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", **(env or {}))
         program = shutil.which("pythonfilter", path=BIN)
         assert program, "courier-pythonfilter's dispatcher is not installed"
         try:

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 
-import pytest
+from host import missing_tool
 
 WL, BL = "wl.test", "bl.test"
 WL_V4, WL_V6 = "192.0.2.10", "2001:db8::10"  # on the DNSWL (answer 127.0.0.2)
@@ -44,9 +44,7 @@ class Rbldnsd:
     def __init__(self, directory: str) -> None:
         program = shutil.which("rbldnsd") or shutil.which("rbldnsd", path="/usr/sbin:/sbin")
         if program is None:
-            if os.environ.get("GREYLIST_TEST_RBLDNSD") == "required":
-                pytest.fail("rbldnsd is required here (GREYLIST_TEST_RBLDNSD=required) but not installed")
-            pytest.skip("needs Debian's rbldnsd, a DNS list server (apt-get install rbldnsd)")
+            missing_tool("Debian's rbldnsd, a DNS list server", "apt-get install rbldnsd")
         os.chmod(directory, 0o755)  # rbldnsd reads as the user it becomes
         for name, text in _ZONE_FILES.items():
             path = os.path.join(directory, name)

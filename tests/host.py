@@ -16,12 +16,15 @@ pythonfilter.conf it finds, in /etc before anywhere else.  So:
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from typing import List, Optional
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_FILTER_CONFS = ["/etc/pythonfilter.conf", "/usr/local/etc/pythonfilter.conf"]
@@ -69,3 +72,21 @@ def dispatcher_command(command: List[str], filter_conf: str) -> List[str]:
                            f"and unshare cannot make a mount namespace here to cover it")
     mounts = " && ".join(f"mount --bind \"$1\" {path}" for path in hidden)
     return [*prefix, "sh", "-c", f"{mounts} && shift && exec \"$@\"", "sh", filter_conf, *command]
+
+
+def missing_tool(what: str, install: str) -> None:
+    """A Debian tool a test needs is not here: a skip, or a failure where CI requires them all
+    (``GREYLIST_TEST_TOOLS=required``, which .ci/run sets)."""
+    if os.environ.get("GREYLIST_TEST_TOOLS") == "required":
+        pytest.fail(f"{what} is required here (GREYLIST_TEST_TOOLS=required) but not installed")
+    pytest.skip(f"needs {what} ({install})")
+
+
+def faketime_env(timestamp_file: str) -> dict:
+    """The environment that runs a program on a clock the test steps by writing ``timestamp_file``
+    (Debian's libfaketime: "+1d", "-3600", "+0"); the monotonic clock is left alone."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        missing_tool("Debian's libfaketime", "apt-get install faketime")
+    return {"LD_PRELOAD": found[0], "FAKETIME_TIMESTAMP_FILE": timestamp_file, "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}

@@ -7,6 +7,7 @@ import os
 import pytest
 from dispatcher import Dispatcher, greylist
 from helpers import write_config, write_control
+from host import faketime_env
 
 
 @pytest.fixture
@@ -52,3 +53,36 @@ def test_dispatcher_stops_with_one_clear_line_on_bad_config(tmp_path, installed)
     log = dispatcher.stop()
     assert "greylist: cannot start: store directory /nonexistent/greylist does not exist" in log
     assert "Traceback" not in log
+
+
+def test_clock_steps_through_the_real_dispatcher(tmp_path):
+    """The dispatcher on a clock the test steps (libfaketime): a day ahead when a new sender
+    tries, then right again; its retries, when told, pass one greylist_time later, not a day."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "pythonfilter-modules.conf"), str(store), greylist_time=300)
+    assert greylist("install", "--config", config).returncode == 0
+    clock = tmp_path / "clock"
+    clock.write_text("+1d\n")
+    dispatcher = Dispatcher(tmp_path, config, env=faketime_env(str(clock)))
+    waited = "451 4.7.1 Greylisting in action, please come back in 00:05:00"
+    try:
+        assert dispatcher.wait_ready(), dispatcher.output()
+        control = write_control(str(dispatcher.spool / "C1"), "new@example.com")
+        assert dispatcher.send("D1", [control]) == waited
+        clock.write_text("+300\n")  # right again (give or take), and the sender retries when told
+        assert dispatcher.send("D1", [control]) == waited  # the wait starts now, and says so
+        clock.write_text("+600\n")
+        assert dispatcher.send("D1", [control]) == "200 Ok"
+        # an hour back, staying there: the next new sender loses at most one greylist_time
+        other = write_control(str(dispatcher.spool / "C2"), "other@example.com")
+        clock.write_text("+600\n")
+        assert dispatcher.send("D1", [other]) == waited
+        clock.write_text("-2700\n")  # five minutes later, on a clock that went back an hour
+        assert dispatcher.send("D1", [other]) == waited
+        clock.write_text("-2400\n")
+        assert dispatcher.send("D1", [other]) == "200 Ok"
+    finally:
+        log = dispatcher.stop()
+        greylist("install", "--uninstall")
+    assert log.count("action=pass, reason=passed") == 2 and "Traceback" not in log

@@ -1,3 +1,6 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from greylist import policy
 from greylist.policy import NOT_PASSED, PASSED, StoredState, Timing, Write, decide, format_wait
 
@@ -73,3 +76,100 @@ def test_reply_template():
     assert policy.tempfail_reply(300) == "451 4.7.1 Greylisting in action, please come back in 00:05:00"
     assert policy.tempfail_reply(60, "450 4.2.0 Greylisted, retry in {wait}") == (
         "450 4.2.0 Greylisted, retry in 00:01:00")
+
+
+# --- the clock steps -----------------------------------------------------------------------
+
+
+
+def _apply(store: dict, decision) -> None:
+    for write in decision.writes:
+        table = store.setdefault(write.store, {})
+        if write.timestamp is None:
+            table.pop(write.key, None)
+        else:
+            table[write.key] = float(write.timestamp)
+
+
+def _attempt(store: dict, now: float, timing: Timing = T):
+    stored = {"k": StoredState(store.get(NOT_PASSED, {}).get("k"), store.get(PASSED, {}).get("k"))}
+    decision = decide(["k"], stored, now, timing)
+    _apply(store, decision)
+    return decision
+
+
+def test_a_pending_time_from_a_clock_that_was_ahead_is_written_back_as_now():
+    d = decide(["k"], {"k": StoredState(not_passed=NOW + 86400)}, NOW, T)
+    assert not d.accept and d.wait == 300 and [o.reason for o in d.outcomes] == ["early-retry"]
+    assert d.writes == [Write(NOT_PASSED, "k", int(NOW))]
+    # a past one is left as it is (the reference's rule)
+    assert decide(["k"], {"k": StoredState(not_passed=NOW - 10)}, NOW, T).writes == []
+
+
+def test_a_day_ahead_then_corrected_costs_one_greylist_time_not_a_day():
+    """The clock is a day ahead when a new sender tries, and right again 60 s later."""
+    store: dict = {}
+    real = NOW
+    assert _attempt(store, real + 86400).wait == 300  # told 00:05:00
+    real += 300  # the clock was corrected meanwhile; the sender retries when told
+    retry = _attempt(store, real)
+    assert not retry.accept and retry.wait == 300  # told 00:05:00 again, from now
+    real += 300
+    assert _attempt(store, real).accept  # and it passes when told
+
+
+def test_an_hour_back_and_staying_costs_one_greylist_time_more():
+    store: dict = {}
+    assert _attempt(store, NOW).wait == 300
+    stepped = NOW + 300 - 3600  # the retry, five minutes later, on a clock an hour behind
+    assert _attempt(store, stepped).wait == 300
+    assert _attempt(store, stepped + 300).accept
+
+
+@settings(max_examples=300, deadline=None)
+@given(offsets=st.lists(st.integers(-10 * 86400, 10 * 86400), min_size=1, max_size=6),
+       greylist_time=st.sampled_from([1, 60, 300, 1800]),
+       late=st.lists(st.integers(0, 200), min_size=8, max_size=8))
+def test_once_the_clock_is_right_every_promise_is_kept(offsets, greylist_time, late):
+    """Whatever the clock did before, a sender that retries no sooner than it is told passes
+    at its second attempt on the right clock at the latest, and never before it was told."""
+    timing = Timing(greylist_time=greylist_time)
+    store: dict = {}
+    real = NOW
+    for offset in offsets:  # attempts while the clock is off by these
+        _attempt(store, real + offset, timing)
+        real += greylist_time
+    attempts = 0
+    while True:  # the clock is right from here on
+        decision = _attempt(store, real, timing)
+        attempts += 1
+        if decision.accept:
+            break
+        assert 0 < decision.wait <= greylist_time
+        real += decision.wait + late[attempts]
+        assert attempts < 3, "the sender was told a wait that did not end"
+    assert attempts <= 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.integers(0, 3 * 86400), min_size=1, max_size=10))
+def test_on_a_clock_that_never_goes_back_nothing_is_rewritten(steps):
+    """With a monotonic clock the extra rule never fires: the reference's decisions, write for write."""
+    store: dict = {}
+    now = NOW
+    for step in steps:
+        now += step
+        stored = {"k": StoredState(store.get(NOT_PASSED, {}).get("k"), store.get(PASSED, {}).get("k"))}
+        decision = decide(["k"], stored, now, T)
+        if any(o.reason == "early-retry" for o in decision.outcomes):
+            assert decision.writes == []  # the reference writes nothing for an early retry
+        _apply(store, decision)
+
+
+def test_a_message_id_time_from_a_clock_that_was_ahead_is_written_back_as_now():
+    d = decide(["k"], {}, NOW, T)
+    retried = policy.retried_by_message_id(d, {"k": "m"}, {"m": NOW + 86400}, NOW, T)
+    assert not retried.accept and retried.wait == 300
+    assert Write(policy.MESSAGE_ID, "m", int(NOW)) in retried.writes
+    past = policy.retried_by_message_id(d, {"k": "m"}, {"m": NOW - 10}, NOW, T)
+    assert not [w for w in past.writes if w.store == policy.MESSAGE_ID]
