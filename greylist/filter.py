@@ -83,7 +83,7 @@ def open_lists(settings: Settings, log: Callable[[str], None]
                                settings.whitelist_recipients)
         whitelists = (WhitelistFiles(base, settings.whitelist_files, log)
                       if base or settings.whitelist_files else None)
-        smtpaccess = (SmtpAccess(settings.smtpaccess_file or relay_default_path())
+        smtpaccess = (SmtpAccess(settings.smtpaccess_file or relay_default_path(), log)
                       if settings.skip_relayclients else None)
     except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
         raise SettingsError(str(error)) from None

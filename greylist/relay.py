@@ -15,7 +15,9 @@ import errno
 import ipaddress
 import os
 import threading
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
+
+from .safe_files import dbm_flavour
 
 
 class SmtpAccessError(Exception):
@@ -61,17 +63,25 @@ def _signature(path: str) -> Tuple[int, int, int]:
 class SmtpAccess:
     """The smtpaccess database, re-opened when makesmtpaccess replaces it."""
 
-    def __init__(self, path: str) -> None:
-        """Open the database now; raises SmtpAccessError when it cannot be read."""
+    def __init__(self, path: str, log: Callable[[str], None] = lambda line: None) -> None:
+        """Open the database now; raises SmtpAccessError when it cannot be read.
+
+        Later, a database that cannot be opened again (being replaced, or
+        replaced by something that is not a database) keeps the last good
+        copy, with one ``log`` line until it opens again.
+        """
         self.path = path
+        self._log = log
         self._lock = threading.Lock()
         self._db = None
         self._signature: Optional[Tuple[int, int, int]] = None
+        self._failing: Optional[str] = None
         self._open()
 
     def _open(self) -> None:
         try:
             signature = _signature(self.path)
+            dbm_flavour(self.path, follow_links=True)  # a FIFO there would block dbm.open forever
             db = dbm.open(self.path, "r")
         except (OSError, ImportError, *dbm.error) as error:
             hint = ""
@@ -89,8 +99,16 @@ class SmtpAccess:
             try:
                 if _signature(self.path) != self._signature:
                     self._open()
-            except (OSError, SmtpAccessError):
-                pass  # keep the last good copy while the file is being replaced
+                    if self._failing is not None:
+                        self._failing = None
+                        self._log(f"greylist: {self.path} read again")
+            except (OSError, SmtpAccessError) as error:
+                # Keep the last good copy while the file is being replaced; say so
+                # once, unless it is only missing for the moment of a rename.
+                problem = str(error)
+                if problem != self._failing and not isinstance(error, FileNotFoundError):
+                    self._failing = problem
+                    self._log(f"greylist: {problem}; keeping the last good copy")
             for key in lookup_keys(address):
                 raw = self._db.get(key.encode("ascii"))
                 if raw is not None:

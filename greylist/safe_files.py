@@ -6,7 +6,8 @@ Every file the filter reads or writes by name goes through here:
   regular file of bounded size: a FIFO would block the reader forever, and
   ``/dev/zero`` would fill its memory.  It is opened with ``O_NONBLOCK``
   (opening a FIFO then returns at once) and looked at with ``fstat`` before
-  a byte is read;
+  a byte is read; a dbm file (the store, Courier's smtpaccess.dat) is looked
+  at before ``dbm`` opens it by name;
 * a file that is written by name (the metrics file) is written to a
   temporary name of its own, made with ``O_EXCL|O_NOFOLLOW`` (a link
   planted at the name is never followed), and renamed into place.
@@ -17,10 +18,12 @@ files covers them, with a ``strerror`` that says what was found.
 
 from __future__ import annotations
 
+import dbm
 import errno
 import os
 import secrets
 import stat
+from typing import Optional
 
 FILE_MODE = 0o600
 
@@ -59,13 +62,14 @@ def check_regular(path: str, mode: int) -> None:
         raise NotARegularFile(path, mode)
 
 
-def read_regular(path: str, limit: int, follow_links: bool = True) -> bytes:
-    """The contents of a regular file of at most ``limit`` bytes, without ever blocking on open.
+def read_with_stat(path: str, limit: int) -> tuple:
+    """(contents, stat before reading) of a regular file of at most ``limit`` bytes.
 
-    ``follow_links`` False: a symbolic link at ``path`` is refused (ELOOP).
+    Opening never blocks, and nothing is read from anything but a regular
+    file.  The stat is taken before the first byte is read: a change made
+    while reading shows as a change at the next look.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         check_regular(path, info.st_mode)
@@ -75,13 +79,18 @@ def read_regular(path: str, limit: int, follow_links: bool = True) -> bytes:
         while True:  # a file growing meanwhile is read up to the limit, and refused past it
             chunk = os.read(fd, min(1 << 20, limit + 1 - total))
             if not chunk:
-                return b"".join(chunks)
+                return b"".join(chunks), info
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
                 raise FileTooLarge(path, limit)
     finally:
         os.close(fd)
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The contents of a regular file of at most ``limit`` bytes, without ever blocking on open."""
+    return read_with_stat(path, limit)[0]
 
 
 def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
@@ -94,6 +103,28 @@ def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# The names stdlib dbm.whichdb may open for a dbm file.
+_DBM_NAMES = ("", ".dat", ".dir", ".pag", ".db")
+
+
+def dbm_flavour(base: str, follow_links: bool) -> Optional[str]:
+    """``dbm.whichdb``'s answer for a dbm file, after making sure that it can safely look.
+
+    whichdb opens the file and its companions by name: one of them a FIFO
+    would block it forever.  So every name it may open that exists must be a
+    regular file (else NotARegularFile), and with ``follow_links`` False not
+    a link either.
+    """
+    look = os.stat if follow_links else os.lstat
+    for suffix in _DBM_NAMES:
+        try:
+            info = look(base + suffix)
+        except FileNotFoundError:
+            continue
+        check_regular(base + suffix, info.st_mode)
+    return dbm.whichdb(base)
 
 
 def create_temporary(base: str, purpose: str) -> tuple:

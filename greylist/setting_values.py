@@ -104,11 +104,19 @@ def parse_value(text: str) -> Any:
         raise ValueError(_NESTING) from None
 
 
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _what_to_write(text: str, problem: str) -> str:
     """The problem, said so that a postmaster who does not write Python knows what to write."""
     if text.lower() in _YES_NO and text not in ("True", "False"):
         return f"write {_YES_NO[text.lower()]} (with a capital letter), not {text}"
-    bare = not any(mark in text for mark in "'\"()[]{} ")
+    bare = not any(mark in text for mark in "'\"()[]{} ") and not _numeric(text)
     if bare and (any(mark in text for mark in "/@:") or text.count(".") > 1
                  or text.replace("-", "_").replace(".", "_").isidentifier()):
         return f"put it in quotes: {text!r}"

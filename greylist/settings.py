@@ -17,12 +17,14 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 from . import setting_values as values
+from .safe_files import read_regular
 from .setting_values import parse_value
 
 GREYLIST_SECTION = "greylist.py"
 TTLDB_SECTION = "ttldb"
 
 DEFAULT_DB_DIR = "/var/lib/pythonfilter"
+CONFIG_LIMIT = 1 << 20  # a settings file larger than this is not one
 
 
 class SettingsError(Exception):
@@ -157,11 +159,13 @@ def _read_file(path: str) -> Optional[configparser.RawConfigParser]:
     parser = configparser.RawConfigParser(strict=True, interpolation=None)
     parser.optionxform = str  # keys are case-sensitive, as in courier.config
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
+        text = read_regular(path, CONFIG_LIMIT).decode("utf-8")
+        parser.read_string(text, source=path)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read configuration: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
         raise SettingsError(f"{path}: cannot read configuration: {error}") from None
     except configparser.Error as error:
         message = " ".join(str(error).split())

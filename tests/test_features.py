@@ -148,7 +148,8 @@ def test_a_whitelist_file_that_does_not_exist_yet_is_read_when_it_appears(env):
 
 def test_an_unreadable_whitelist_file_stops_start(env):
     (env.dir / "adirectory").mkdir()
-    with pytest.raises(SettingsError, match="whitelist file .*/adirectory: Is a directory"):
+    with pytest.raises(SettingsError,
+                       match="whitelist file .*/adirectory: not a regular file, but a directory"):
         env.filter(whitelist_files=(str(env.dir / "adirectory"),))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import dbm
 import gzip
 import io
 import os
@@ -22,6 +21,7 @@ from ..stores import (
     open_store,
 )
 from ..stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
+from ..stores.dbm.files import flavour_of
 from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
 
 EX_OK = 0
@@ -60,17 +60,61 @@ def settings_for(args: argparse.Namespace, create: bool = True) -> Settings:
     else:
         return settings
     if create:
-        try:
-            os.makedirs(settings.db_dir, mode=0o700, exist_ok=True)
-        except OSError as error:
-            raise CommandError(f"cannot create store directory {settings.db_dir}: "
-                               f"{error.strerror}") from None
+        make_store_directory(settings.db_dir)
     return settings
 
 
+def make_store_directory(directory: str, owner: Optional[os.stat_result] = None) -> None:
+    """The store's directory, made if missing (as root, for ``owner`` when given)."""
+    if os.path.isdir(directory):
+        return
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(directory, owner.st_uid, owner.st_gid)
+    except OSError as error:
+        raise CommandError(f"cannot create store directory {directory}: {error.strerror}") from None
+
+
+def act_as_owner_of_both(source: Settings, destination: Settings) -> None:
+    """As root, for a copy between stores: become the one owner of both.
+
+    A dbm directory that does not exist yet is made for the source's owner.
+    Stores of two different owners are refused: one process cannot act as both.
+    """
+    if os.geteuid() != 0 or (source.db_type == "dbm" and not os.path.isdir(source.db_dir)):
+        return  # (no source: existing_store says so)
+    owners = {}
+    for which, settings in (("source", source), ("destination", destination)):
+        if settings.db_type == "dbm" and os.path.isdir(settings.db_dir):
+            owners[which] = store_owner(settings.db_dir)  # None: root's own
+    if destination.db_type == "dbm" and "destination" not in owners:
+        if "source" not in owners:
+            raise CommandError(f"as root, make {destination.db_dir} first, owned by Courier's mail user "
+                               f"(install -d -o courier -g courier -m 0700 {destination.db_dir})")
+        make_store_directory(destination.db_dir, owners["source"])
+        owners["destination"] = owners["source"]
+    uids = {which: 0 if owner is None else owner.st_uid for which, owner in owners.items()}
+    if len(set(uids.values())) > 1:
+        raise CommandError(f"the source store belongs to uid {uids['source']}, the destination to uid "
+                           f"{uids['destination']}: one command cannot act as both (chown one of them)")
+    owner = next((owner for owner in owners.values() if owner is not None), None)
+    if owner is not None:
+        become(owner, destination.db_dir if destination.db_type == "dbm" else source.db_dir)
+
+
 def existing_store(settings: Settings) -> Settings:
-    """For the commands that only read: the dbm store must be there already."""
-    if settings.db_type == "dbm" and dbm.whichdb(os.path.join(settings.db_dir, PASSED_TABLE)) is None:
+    """For the commands that only read: the dbm store must be there already.
+
+    Call it as the store's owner (``act_as_store_owner``): it looks at the files.
+    """
+    if settings.db_type != "dbm":
+        return settings
+    try:
+        flavour = flavour_of(os.path.join(settings.db_dir, PASSED_TABLE))
+    except OSError as error:
+        raise CommandError(f"cannot use the store in {settings.db_dir}: {error}") from None
+    if flavour is None:
         raise CommandError(f"no store in {settings.db_dir} (nothing was greylisted there yet; "
                            f"does --db-dir or [ttldb] dir name the right directory?)")
     return settings
@@ -88,15 +132,19 @@ def act_as_store_owner(settings: Settings) -> None:
         owner = store_owner(settings.db_dir)
     except OSError:
         return  # the store will report the missing directory
-    if owner is None:
-        return  # root's own store
+    if owner is not None:  # else root's own store
+        become(owner, settings.db_dir)
+
+
+def become(owner: os.stat_result, directory: str) -> None:
+    """Give up root for good, as the owner of ``owner`` (a stat of the store's directory or file)."""
     try:
         os.setgroups([])
         os.setgid(owner.st_gid)
         os.setuid(owner.st_uid)
     except OSError as error:
         raise CommandError(f"cannot act as the owner (uid {owner.st_uid}) of "
-                           f"{settings.db_dir}: {error.strerror}") from None
+                           f"{directory}: {error.strerror}") from None
 
 
 def store_owner(directory: str) -> Optional[os.stat_result]:
@@ -134,8 +182,10 @@ def warn(line: str) -> None:
 
 
 def open_filter(args: argparse.Namespace, read_only: bool = False) -> GreylistFilter:
-    settings = existing_store(settings_for(args, create=False)) if read_only else settings_for(args)
+    settings = settings_for(args, create=not read_only)
     act_as_store_owner(settings)
+    if read_only:
+        existing_store(settings)
     return quiet_filter(settings, open_configured_store(settings))
 
 

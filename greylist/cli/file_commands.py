@@ -15,8 +15,10 @@ from ..stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, StoreError
 from .common import (
     EX_OK,
     CommandError,
+    act_as_owner_of_both,
     act_as_store_owner,
     existing_store,
+    make_store_directory,
     open_configured_store,
     progress_printer,
     settings_for,
@@ -129,7 +131,7 @@ def command_install(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    settings = existing_store(settings_for(args, create=False))
+    settings = settings_for(args, create=False)
     to_stdout = args.file in (None, "-")
     try:  # opened as the user who named it, before root becomes the store's owner
         out = sys.stdout if to_stdout else open(args.file, "w", encoding="utf-8")
@@ -137,6 +139,7 @@ def command_export(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {args.file} as uid {os.geteuid()}: {error.strerror}") from None
     try:
         act_as_store_owner(settings)
+        existing_store(settings)
         store = open_configured_store(settings, readonly=True)
         try:
             count = transfer.export_to(store, out, None if to_stdout else progress_printer("exported"))
@@ -153,10 +156,10 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_import(args: argparse.Namespace) -> int:
     settings = settings_for(args)
-    act_as_store_owner(settings)
     # Read twice, streaming (an export of a million entries is ~100 MB): once to
     # see whether it has auto-whitelist entries, whose table must then be opened.
-    # Standard input is spooled to a temporary file for that.
+    # Standard input is spooled to a temporary file for that.  Either is opened
+    # as the user who named it, before root becomes the store's owner.
     try:
         if args.file in (None, "-"):
             if sys.stdin.isatty():
@@ -166,9 +169,10 @@ def command_import(args: argparse.Namespace) -> int:
             spooled.seek(0)
             lines = text_lines(spooled)
         else:
-            lines = text_lines(args.file)
+            lines = text_lines(open(args.file, "rb"))
     except OSError as error:
         raise CommandError(f"import failed: {error}") from None
+    act_as_store_owner(settings)
     with lines:
         try:
             lines.seek(0)
@@ -194,12 +198,15 @@ def command_import(args: argparse.Namespace) -> int:
 def command_migrate(args: argparse.Namespace) -> int:
     if not (args.to_config or args.to_db_dir):
         raise CommandError("say where to copy to: --to-config PATH or --to-db-dir DIR")
-    source_settings = existing_store(settings_for(args, create=False))
-    destination_settings = settings_for(argparse.Namespace(config=args.to_config, db_dir=args.to_db_dir))
+    source_settings = settings_for(args, create=False)
+    destination_settings = settings_for(argparse.Namespace(config=args.to_config, db_dir=args.to_db_dir),
+                                        create=False)
     if source_settings == destination_settings:
         raise CommandError("source and destination are the same store")
-    act_as_store_owner(destination_settings if destination_settings.db_type == "dbm"
-                        else source_settings)
+    act_as_owner_of_both(source_settings, destination_settings)
+    existing_store(source_settings)
+    if destination_settings.db_type == "dbm":
+        make_store_directory(destination_settings.db_dir)
     source = open_configured_store(source_settings, readonly=True)
     try:
         destination = open_configured_store(destination_settings,

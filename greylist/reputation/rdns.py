@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence, Tuple
 
+from ..safe_files import read_regular
 from ..whitelist_files import resolve
+
+PATTERN_FILE_LIMIT = 1 << 20  # regular expressions, one a line: a megabyte is plenty
 
 
 class PatternFileError(Exception):
@@ -25,9 +28,11 @@ def load_patterns(paths: Sequence[str]) -> List[Tuple[str, re.Pattern]]:
     for path in paths:
         file = resolve(path)
         try:
-            with open(file, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except (OSError, UnicodeDecodeError) as error:
+            lines = read_regular(file, PATTERN_FILE_LIMIT).decode("utf-8").splitlines()
+        except OSError as error:
+            raise PatternFileError(f"generic_rdns_files: cannot read {path}: "
+                                   f"{error.strerror or error}") from None
+        except UnicodeDecodeError as error:
             raise PatternFileError(f"generic_rdns_files: cannot read {path}: {error}") from None
         for number, line in enumerate(lines, 1):
             text = line.strip()  # no comments after a pattern: "#" may be part of one

@@ -3,12 +3,16 @@ and which dbm flavour a file is, without following a link or blocking on a FIFO.
 
 from __future__ import annotations
 
-import dbm
 import errno
 import os
-from typing import Optional
 
-from ...safe_files import FILE_MODE, check_regular, create_temporary, open_regular
+from ...safe_files import FILE_MODE, create_temporary, dbm_flavour, open_regular
+
+
+def flavour_of(base: str):
+    """The dbm flavour of a store file (``dbm.whichdb``'s answer), never through a link."""
+    return dbm_flavour(base, follow_links=False)
+
 
 __all__ = ["FILE_MODE", "create_temporary", "open_regular", "flavour_of", "write_all", "pwrite_all",
            "fsync_path", "temporary_owner", "remove_stale_temporaries"]
@@ -68,23 +72,3 @@ def remove_stale_temporaries(base: str, purpose: str) -> None:
         except PermissionError:
             pass  # alive, under another user
 
-
-# The names stdlib dbm.whichdb opens for a store file, and the flavours those are.
-_WHICHDB_NAMES = ("", ".dat", ".dir", ".pag", ".db")
-
-
-def flavour_of(base: str) -> Optional[str]:
-    """``dbm.whichdb``'s answer for a store file, after making sure that it can safely look.
-
-    whichdb opens the file and its companions by name: one of them a FIFO
-    would block it forever, a link would make it read another file.  So
-    every name it may open that exists must be a regular file (else
-    NotARegularFile, an OSError).
-    """
-    for suffix in _WHICHDB_NAMES:
-        try:
-            info = os.lstat(base + suffix)
-        except FileNotFoundError:
-            continue
-        check_regular(base + suffix, info.st_mode)
-    return dbm.whichdb(base)
