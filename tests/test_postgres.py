@@ -258,6 +258,10 @@ def test_migrate_dbm_to_postgres_and_back(tmp_path, conninfo):
     assert [ours.do_filter("", [path]) for path in controls] == [""] * 5  # nobody greylisted again
     store.close()
     back = cli("migrate", "--config", config, "--to-db-dir", str(tmp_path / "back"))
+    if os.geteuid() == 0:  # a new store root would make for itself locks out Courier's mail user
+        assert back.returncode == 1 and "as root, make " in back.stderr and "install -d" in back.stderr
+        os.mkdir(tmp_path / "back", 0o700)  # as the README says (here: root's own)
+        back = cli("migrate", "--config", config, "--to-db-dir", str(tmp_path / "back"))
     assert back.returncode == 0 and "copied 5 entries" in back.stderr
     exported = cli("export", "--db-dir", str(tmp_path / "back")).stdout.splitlines()
     assert len(exported) == 5 and all('"greylist_Passed"' in line for line in exported)
