@@ -20,13 +20,14 @@ WL_V4, WL_V6 = "192.0.2.10", "2001:db8::10"  # on the DNSWL (answer 127.0.0.2)
 BL_V4, BL_V6 = "192.0.2.99", "2001:db8::99"  # on the DNSBL (answer 127.0.0.4)
 REFUSED_V4 = "198.51.100.7"  # the DNSBL answers 127.255.255.254: "query refused", not a listing
 UNLISTED_V4 = "203.0.113.5"
+BOTH_V4 = "192.0.2.55"  # on both lists
 
 _ZONE_FILES = {
-    "wl4": f":127.0.0.2:listed\n{WL_V4}\n127.0.0.1\n",
+    "wl4": f":127.0.0.2:listed\n{WL_V4}\n127.0.0.1\n{BOTH_V4}\n",
     "wl6": f":127.0.0.2:listed\n{WL_V6}\n",
     # A SOA gives "not listed" answers a negative TTL of 30 s.
     "bl4": f"$SOA 60 ns.bl.test. hostmaster.bl.test. 1 600 300 86400 30\n:127.0.0.4:spam\n{BL_V4}\n"
-           f"{REFUSED_V4} :127.255.255.254:refused\n127.0.0.2\n",  # the usual test entry
+           f"{BOTH_V4}\n{REFUSED_V4} :127.255.255.254:refused\n127.0.0.2\n",  # the usual test entry
     "bl6": f":127.0.0.4:spam\n{BL_V6}\n",
 }
 _DATASETS = [f"{WL}:ip4set:wl4", f"{WL}:ip6trie:wl6", f"{BL}:ip4set:bl4", f"{BL}:ip6trie:bl6"]
@@ -101,6 +102,38 @@ class MisbehavingServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ScriptedServer:
+    """A UDP DNS server on loopback that answers each query with what ``script`` returns:
+    datagrams, each sent from the server's own address or, marked ``elsewhere``, from
+    another port of the same host (to the client's port all the same)."""
+
+    def __init__(self, script) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.other.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries = 0
+        self._script = script
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import dns.message
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            self.queries += 1
+            for datagram, elsewhere in self._script(dns.message.from_wire(data)):
+                (self.other if elsewhere else self.sock).sendto(datagram, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.other.close()
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -24,6 +24,10 @@ from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, S
 _REFUSED = {ipaddress.ip_address(a) for a in ("127.0.0.255", "127.255.255.254", "127.255.255.255")}
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _CACHE_SIZE = 10_000
+# A reply to a query without EDNS fits in 512 bytes (RFC 1035, 4.2.1); a larger
+# datagram is not one, and parsing it would only cost time.
+_LONGEST_REPLY = 512
+_JUNK, _UNUSABLE = object(), object()  # what _parse says of a datagram that is no verdict
 _LONGEST_TTL = 3600.0  # a listing may end: ask again within the hour at the latest
 _NEGATIVE_TTL = 300.0  # "not listed" without a SOA to say how long
 
@@ -55,8 +59,10 @@ def query_name(address, zone: str) -> str:
 def _dns():
     try:
         import dns.exception
+        import dns.flags
         import dns.message
         import dns.rcode
+        import dns.rdataclass
         import dns.rdatatype
         import dns.resolver
     except ImportError:
@@ -125,7 +131,13 @@ class DnsLists:
                 self._cache.popitem(last=False)
 
     def _ask(self, address, zones: Sequence[str]) -> List[Tuple[Answer, float]]:
-        """Send every query to every server at once; wait for all until the deadline."""
+        """Send every query to every server at once; wait for all until the deadline.
+
+        A datagram that is not the answer (junk, another id, from elsewhere,
+        too large to be a reply to a query without EDNS) is ignored, and its
+        socket keeps waiting: a stray packet cannot lose a listing.  Reading
+        and parsing count against the same deadline.
+        """
         dns = self._dns
         deadline = time.monotonic() + self.timeout
         selector = selectors.DefaultSelector()
@@ -142,17 +154,8 @@ class DnsLists:
                     continue
                 pending[zone] = query
                 for server in self.servers:
-                    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-                    try:
-                        sock = socket.socket(family, socket.SOCK_DGRAM)
-                    except OSError:  # no IPv6 here, no descriptor left
-                        failed[zone] = "error"
-                        continue
-                    try:
-                        sock.setblocking(False)
-                        sock.sendto(wire, server)
-                    except OSError:
-                        sock.close()
+                    sock = _sent(wire, server)
+                    if sock is None:  # no IPv6 here, no descriptor left, no route
                         failed[zone] = "error"
                         continue
                     selector.register(sock, selectors.EVENT_READ, (zone, query, server))
@@ -163,18 +166,25 @@ class DnsLists:
                 for key, _ in selector.select(remaining):
                     zone, query, server = key.data
                     sock = key.fileobj
-                    selector.unregister(sock)
                     try:
-                        wire, source = sock.recvfrom(65535)
+                        wire, source = sock.recvfrom(_LONGEST_REPLY + 1)
+                    except BlockingIOError:
+                        continue
                     except OSError:  # ICMP port unreachable: nobody there
+                        _forget(selector, sock)
                         failed.setdefault(zone, "error")
                         continue
-                    finally:
-                        sock.close()
-                    if zone not in pending or not _same_peer(source, server):
-                        continue  # answered already, or not from the server asked
-                    parsed = self._parse(zone, query, wire)
-                    if parsed is None:
+                    if zone not in pending:  # answered by another server already
+                        _forget(selector, sock)
+                        continue
+                    if not _same_peer(source, server) or time.monotonic() >= deadline:
+                        continue  # from elsewhere, or no time left to read it
+                    parsed = self._parse(zone, query, wire) if len(wire) <= _LONGEST_REPLY else _JUNK
+                    if parsed is _JUNK:  # from the server's address, but no answer: keep waiting
+                        failed[zone] = "error"
+                        continue
+                    _forget(selector, sock)
+                    if parsed is _UNUSABLE:  # SERVFAIL, REFUSED, truncated: maybe another server knows
                         failed[zone] = "error"
                         continue
                     del pending[zone]
@@ -187,33 +197,59 @@ class DnsLists:
             results.append((Answer(zone, "timeout" if failed.get(zone) != "error" else "error"), 0.0))
         return results
 
-    def _parse(self, zone: str, query, wire: bytes) -> Optional[Tuple[Answer, float]]:
-        """A reply's verdict and how long it may be kept, or None for a reply to ignore."""
+    def _parse(self, zone: str, query, wire: bytes):
+        """A reply's verdict and how long it may be kept; _JUNK for a datagram that is not the
+        reply, _UNUSABLE for a reply that says nothing of the listing."""
         dns = self._dns
         try:
             reply = dns.message.from_wire(wire)
-        except dns.exception.DNSException:
-            return None
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            return _JUNK
         if not query.is_response(reply):
-            return None
+            return _JUNK
         rcode = reply.rcode()
         if rcode == dns.rcode.NXDOMAIN:
             return Answer(zone, "unlisted"), _negative_ttl(dns, reply)
         if rcode != dns.rcode.NOERROR:
-            return None  # SERVFAIL, REFUSED: maybe another server knows
+            return _UNUSABLE
         addresses, ttl = [], _LONGEST_TTL
         for rrset in reply.answer:
-            if rrset.rdtype == dns.rdatatype.A:
+            if rrset.rdclass == dns.rdataclass.IN and rrset.rdtype == dns.rdatatype.A:
                 ttl = min(ttl, rrset.ttl)
                 addresses += [ipaddress.ip_address(rdata.address) for rdata in rrset]
+        truncated = bool(reply.flags & dns.flags.TC)
         if not addresses:
-            return Answer(zone, "unlisted"), _negative_ttl(dns, reply)
+            # A truncated reply may have lost the records: it says nothing.
+            return _UNUSABLE if truncated else (Answer(zone, "unlisted"), _negative_ttl(dns, reply))
         listed = [a for a in addresses if a in _LOOPBACK and a not in _REFUSED]
         result = "listed" if listed else ("refused" if any(a in _REFUSED for a in addresses)
                                           else "unlisted")
         if result == "refused":
             ttl = min(ttl, _NEGATIVE_TTL)
+        if truncated:
+            ttl = 0  # what it holds counts, but is not kept: another look may see more
         return Answer(zone, result, tuple(sorted(str(a) for a in addresses))), float(ttl)
+
+
+def _sent(wire: bytes, server: Tuple[str, int]):
+    """A non-blocking socket that sent ``wire`` to ``server``, or None when it could not."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    try:
+        sock.setblocking(False)
+        sock.sendto(wire, server)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _forget(selector, sock) -> None:
+    selector.unregister(sock)
+    sock.close()
 
 
 def _negative_ttl(dns, reply) -> float:
