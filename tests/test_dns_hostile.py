@@ -16,7 +16,7 @@ from greylist.filter import GreylistFilter
 from greylist.settings import Settings
 from greylist.stores.dbm import DbmStore
 
-dns_message = pytest.importorskip("dns.message", reason="needs dnspython (pip install 'courier-greylist[dns]')")
+pytest.importorskip("dns.message", reason="needs dnspython (pip install 'courier-greylist[dns]')")
 import dns.flags  # noqa: E402
 import dns.rrset  # noqa: E402
 
