@@ -3,8 +3,7 @@
 With ``metrics_file`` set, the dispatcher writes the Prometheus text format
 to that file every ``metrics_interval`` seconds and at exit, for
 node_exporter's textfile collector (one file per producer, no timestamps,
-written to a temporary name beside it and renamed, by prometheus_client's
-``write_to_textfile``).
+written to a temporary name of its own beside it and renamed: safe_files.py).
 
 A decision only queues what it did (a deque append, no lock); the writer
 counts the queue and builds the exposition from the counts with a custom
@@ -21,6 +20,8 @@ import os
 import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple
+
+from .safe_files import replace_file
 
 # Decision latency buckets, seconds: a local store decides in well under a
 # millisecond, a remote one in a few; the top ones catch lock waits and timeouts.
@@ -264,12 +265,17 @@ class MetricsFile:
                 self.counts.snapshot()
 
     def write(self) -> bool:
-        """Write the file now; a failure is logged once until a write succeeds again."""
-        from prometheus_client import write_to_textfile
+        """Write the file now; a failure is logged once until a write succeeds again.
+
+        Through a temporary name of its own, never through a link: the
+        directory is often node_exporter's, shared with other users
+        (prometheus_client's ``write_to_textfile`` uses a predictable name and
+        follows links there).
+        """
+        from prometheus_client import generate_latest
 
         try:
-            write_to_textfile(self.path, self._registry)
-            os.chmod(self.path, 0o644)  # node_exporter runs as another user
+            replace_file(self.path, generate_latest(self._registry), 0o644)  # node_exporter: another user
         except OSError as error:
             if not self._failing:
                 self.log(f"greylist: metrics file {self.path}: {error.strerror or error}; "

@@ -241,3 +241,23 @@ def test_check_config_tells_about_the_metrics_file(tmp_path):
     refused = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "problem: metrics_file is set, but prometheus_client is not installed" in refused.stderr
+
+
+def test_the_file_is_written_through_a_name_of_its_own_never_through_a_link(tmp_path):
+    """Another user of node_exporter's directory plants links: at the file, and at the temporary
+    name prometheus_client's write_to_textfile would use.  Neither is followed."""
+    precious = tmp_path / "greylist_Passed"
+    precious.write_bytes(b"the store")
+    prom = tmp_path / "textfile" / "courier-greylist.prom"
+    prom.parent.mkdir()
+    os.symlink(precious, prom)
+    os.symlink(precious, f"{prom}.{os.getpid()}.{threading.get_ident()}")
+    lines: list = []
+    metrics = MetricsFile(Counts(), str(prom), 3600, lines.append)
+    assert metrics.write() and lines == []
+    assert precious.read_bytes() == b"the store"
+    assert not prom.is_symlink() and oct(prom.stat().st_mode & 0o777) == "0o644"
+    assert "courier_greylist_decisions" in prom.read_text()
+    assert sorted(os.listdir(prom.parent)) == sorted(["courier-greylist.prom",
+                                                      f"courier-greylist.prom.{os.getpid()}."
+                                                      f"{threading.get_ident()}"])  # theirs, untouched
