@@ -1,11 +1,16 @@
 import os
+import pwd
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import host  # noqa: E402  (first: it points GREYLIST_TEST_ETC, which every child inherits, at ETC)
+from helpers import write_control  # noqa: E402
 from pgserver import PostgresServer, from_environment, server_binaries  # noqa: E402
 
 from greylist.stores import ALL_TABLES  # noqa: E402
@@ -14,8 +19,6 @@ from greylist.stores import ALL_TABLES  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def the_tests_own_etc():
     """In this process too, courier.config reads the tests' etc, never the host's (host.py)."""
-    import shutil
-
     import courier.config
 
     saved = courier.config._standard_config_paths, courier.config.sysconfdir
@@ -55,3 +58,23 @@ def conninfo(server):
         for table in ALL_TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
     return info
+
+
+@pytest.fixture
+def beside_nobody():
+    """As root: a store directory and a control file under /tmp that the nobody user can reach.
+
+    pytest's own tmp_path is root's alone.  Yields (store, control, nobody).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        store = base / "store"
+        store.mkdir()
+        control = write_control(str(base / "C"))
+        os.chmod(control, 0o644)
+        yield store, control, pwd.getpwnam("nobody")
+    finally:
+        shutil.rmtree(base)

@@ -6,11 +6,7 @@ import gzip
 import json
 import os
 import pty
-import pwd
-import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 from helpers import REPO, have_gdbm, write_config, write_control
@@ -81,26 +77,6 @@ def test_control_file_problems(tmp_path):
     local = write_control(str(tmp_path / "C"), ip=None)
     result = run("check", "--db-dir", str(tmp_path), local)
     assert result.returncode == 0 and "no-client-ip" in result.stderr
-
-
-@pytest.fixture
-def beside_nobody():
-    """As root: a store directory and a control file under /tmp that the nobody user can reach.
-
-    pytest's own tmp_path is root's alone.  Yields (store, control, nobody).
-    """
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    base = Path(tempfile.mkdtemp(prefix="greylist-root-test-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        store = base / "store"
-        store.mkdir()
-        control = write_control(str(base / "C"))
-        os.chmod(control, 0o644)
-        yield store, control, pwd.getpwnam("nobody")
-    finally:
-        shutil.rmtree(base)
 
 
 def test_root_acts_as_store_owner(beside_nobody):
