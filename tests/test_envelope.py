@@ -79,3 +79,10 @@ def test_record_shaped_fuzz(tmp_path_factory, lines):
     reference = _reference_view(path)
     if reference is not None:
         assert (env.sender, env.recipients) == reference
+
+
+def test_the_first_client_address_of_a_control_file_is_the_one(tmp_path):
+    """As courier.control.get_senders_ip: a second OTCPREMOTEIP record changes nothing."""
+    path = write_control(str(tmp_path / "C1"), ip="192.0.2.10", extra=b"OTCPREMOTEIP=198.51.100.99\n")
+    assert read_envelope([path]).client_ip == "192.0.2.10"
+    assert courier.control.get_senders_ip([path]) == "192.0.2.10"

@@ -294,3 +294,15 @@ def test_log_values_with_spaces_are_quoted_and_read_back(env):
     fields = parse_line(env.lines[-1])
     assert fields["sender"] == 'odd "quoted", sender@example.com\x01'
     assert fields["action"] == "greylist" and fields["recipients"] == "bob@example.net"
+
+
+def test_an_unexpected_exception_gets_the_tempfail_reply_when_asked(env):
+    """on_store_error = 'tempfail' covers what nobody foresaw, not only the store."""
+    f = env.filter(on_store_error="tempfail")
+
+    def explode(paths, body_path=None, in_turn=False):
+        raise RuntimeError("boom")
+
+    f.check = explode
+    assert f.do_filter("", ["whatever"]) == STORE_FAILURE_REPLY
+    assert "action=error, reason=internal" in env.lines[-1]

@@ -30,6 +30,14 @@ def samples(text: str) -> dict:
             for family in parser.text_string_to_metric_families(text) for s in family.samples}
 
 
+def metrics_text(counts: Counts) -> str:
+    from prometheus_client import generate_latest
+
+    from greylist.metrics import registry_for
+
+    return generate_latest(registry_for(counts)).decode()
+
+
 def decisions_of(log: str) -> collections.Counter:
     """(action, reason label) of every decision line of a log."""
     return collections.Counter(
@@ -261,3 +269,28 @@ def test_the_file_is_written_through_a_name_of_its_own_never_through_a_link(tmp_
     assert sorted(os.listdir(prom.parent)) == sorted(["courier-greylist.prom",
                                                       f"courier-greylist.prom.{os.getpid()}."
                                                       f"{threading.get_ident()}"])  # theirs, untouched
+
+
+def test_an_error_decision_does_not_move_the_last_decision_time():
+    """The alert "nothing decided normally for 30 minutes" must fire while only errors come."""
+    clock = Clock(1_800_000_000.0)
+    counts = Counts(clock=clock)
+    now = time.perf_counter()
+    counts.decided("greylist", "new", 0.001, now - 600)  # ten minutes ago, on the decisions' clock
+    counts.decided("error", "store-failure", 0.001, now)
+    counts.decided("error", "internal", 0.001, now)
+    snapshot = counts.snapshot()
+    assert snapshot["last_decision"] == pytest.approx(clock() - 600, abs=5.0)
+    assert snapshot["decisions"][("error", "store-failure")] == 1
+
+
+def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket():
+    """Prometheus's buckets are "less than or equal": 1 ms goes in le=0.001, not in le=0.0025."""
+    counts = Counts()
+    for seconds in (0.0, 0.0005, 0.001, 0.0010001, 10.0, 10.5):
+        counts.decided("pass", "known", seconds, time.perf_counter())
+    text = metrics_text(counts)
+    buckets = {dict(labels)["le"]: value for (name, labels), value in samples(text).items()
+               if name == "courier_greylist_decision_duration_seconds_bucket"}
+    assert buckets["0.0005"] == 2 and buckets["0.001"] == 3 and buckets["0.0025"] == 4
+    assert buckets["5.0"] == 4 and buckets["10.0"] == 5 and buckets["+Inf"] == 6

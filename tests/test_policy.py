@@ -173,3 +173,18 @@ def test_a_message_id_time_from_a_clock_that_was_ahead_is_written_back_as_now():
     assert Write(policy.MESSAGE_ID, "m", int(NOW)) in retried.writes
     past = policy.retried_by_message_id(d, {"k": "m"}, {"m": NOW - 10}, NOW, T)
     assert not [w for w in past.writes if w.store == policy.MESSAGE_ID]
+
+
+@settings(max_examples=200, deadline=None)
+@given(left=st.lists(st.integers(1, 299), min_size=0, max_size=4), new=st.integers(0, 3),
+       known=st.integers(0, 3), seed=st.randoms(use_true_random=False))
+def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known, seed):
+    """Early retries with various waits left, new and known triplets, in any order."""
+    stored = {f"e{n}": StoredState(not_passed=NOW - 300 + wait) for n, wait in enumerate(left)}
+    stored.update({f"k{n}": StoredState(passed=NOW - 10) for n in range(known)})
+    keys = list(stored) + [f"n{n}" for n in range(new)]
+    seed.shuffle(keys)
+    waits = list(left) + [300] * new
+    d = decide(keys, stored, NOW, T)
+    assert d.accept == (not waits)
+    assert d.wait == (max(waits) if waits else 0)

@@ -250,3 +250,25 @@ def test_a_readonly_store_reports_a_missing_table_instead_of_making_it(tmp_path,
     with pytest.raises(StoreError, match="read-only"):
         readonly.transaction()
     readonly.close()
+
+
+def test_every_advisory_lock_of_a_large_message_is_taken(tmp_path, conninfo):
+    """2,500 triplets, in statements of 1,000 locks: another session finds every one held."""
+    config = write_pg_config(tmp_path / "m.conf", conninfo)
+    store = open_store(load_settings([config]))
+    keys = [f"{n:032x}" for n in range(2500)]
+    other = psycopg.connect(host=conninfo["host"], port=conninfo["port"], dbname=conninfo["db"],
+                            user=conninfo["user"], password=conninfo["password"], autocommit=True)
+    try:
+        def free() -> int:
+            return other.execute("SELECT count(*) FROM unnest(%s::text[]) AS k "
+                                 "WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))",
+                                 (keys,)).fetchone()[0]
+
+        with store.transaction() as tx:
+            tx.lock_and_load(keys)
+            assert free() == 0
+        assert free() == 2500  # and let go at the end of the transaction
+    finally:
+        other.close()
+        store.close()

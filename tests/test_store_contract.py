@@ -62,3 +62,25 @@ def test_purge_keeps_an_entry_exactly_at_the_limit(open_one):
             tx.set(PASSED_TABLE, key, 1_790_000_000 - 1 + n)
     assert store.purge(PASSED_TABLE, older_than=1_790_000_000) == 1
     assert sorted(key for key, _ in open_one().items(PASSED_TABLE)) == keys[1:]
+
+
+def test_a_transaction_that_fails_after_a_write_leaves_nothing_behind(open_one):
+    """The decision fails after its writes were made (a bug, anything): neither this handle
+    nor another sees any of them."""
+    store = open_one()
+    with store.transaction() as tx:
+        tx.lock_and_load([KEY])
+        tx.set(NOT_PASSED_TABLE, KEY, 1_790_000_000)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.lock_and_load([KEY])
+            tx.set(PASSED_TABLE, KEY, 1_790_000_300)
+            tx.delete(NOT_PASSED_TABLE, KEY)
+            tx.set(PASSED_TABLE, "f" * 32, 1_790_000_300)
+            raise RuntimeError("the decision failed")
+    for handle in (store, open_one()):
+        with handle.transaction() as tx:
+            tx.lock_and_load([KEY, "f" * 32])
+            assert tx.get(PASSED_TABLE, KEY) is None and tx.get(PASSED_TABLE, "f" * 32) is None
+            assert tx.get(NOT_PASSED_TABLE, KEY) == 1_790_000_000
+        assert list(handle.items(PASSED_TABLE)) == []

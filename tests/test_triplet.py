@@ -111,3 +111,13 @@ def test_key_is_the_same_without_cpython_md5_module():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == hashlib.md5(b"a@b.example" + b"c@d.example" + b"192.0.2").hexdigest()
+
+
+def test_the_widest_and_narrowest_prefixes():
+    """/32 and /128 keep the whole address; /0 makes every client one network."""
+    v4, v6 = parse_client_ip("192.0.2.7"), parse_client_ip("2001:db8::7")
+    assert client_network(v4, 32, 128) == "192.0.2.7/32"
+    assert client_network(v6, 32, 128) == "2001:db8::7/128"
+    assert client_network(parse_client_ip("192.0.2.8"), 32) != client_network(v4, 32)
+    assert client_network(v4, 0, 0) == "0.0.0.0/0" == client_network(parse_client_ip("203.0.113.1"), 0)
+    assert client_network(v6, 24, 0) == "::/0"

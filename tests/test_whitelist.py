@@ -140,3 +140,12 @@ def test_report_parses_log_lines():
     assert report.delays == [420]
     assert dict(report.delay_histogram())["5-10 min"] == 1
     assert parse_line("greylist: action=pass, reason=known")["reason"] == "known"
+
+
+def test_an_address_with_a_prefix_is_the_network_it_is_in():
+    """``192.0.2.7/24`` means 192.0.2.0/24 (not the one address), as in postgrey's lists."""
+    whitelist = build(clients=["192.0.2.7/24", "2001:db8::7/64"])
+    assert whitelist.match_client(ipaddress.ip_address("192.0.2.99"), None) == "192.0.2.7/24"
+    assert whitelist.match_client(ipaddress.ip_address("192.0.3.7"), None) is None
+    assert whitelist.match_client(ipaddress.ip_address("2001:db8::ffff"), None) == "2001:db8::7/64"
+    assert whitelist.match_client(ipaddress.ip_address("2001:db8:0:1::7"), None) is None

@@ -77,6 +77,7 @@ class DumbTable(Table):
         super().__init__(base, readonly)
         self.dat_path = base + ".dat"
         self.dir_path = base + ".dir"
+        self._pending: dict = {}  # this transaction's changes: key -> value, or None to delete
         self._dat = self._dir = -1
         try:
             if not readonly:
@@ -190,13 +191,37 @@ class DumbTable(Table):
         return value.count(b"0") == len(value)
 
     def get(self, key: bytes) -> Optional[bytes]:
+        if key in self._pending:
+            return self._pending[key]
         entry = self.index.get(key)
         if entry is None:
             return None
         value = self._read(*entry)
         return None if self._is_tombstone(value) else value
 
+    # A transaction's changes wait in _pending until it ends, so that one that
+    # fails before (a later table, or anything else) leaves nothing behind.
+
     def set(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+
+    def delete(self, key: bytes) -> None:
+        if self.get(key) is not None:
+            self._pending[key] = None
+
+    def end(self) -> None:
+        """Write the transaction's changes, in the order they were made."""
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            if value is None:
+                self._tombstone(key)
+            else:
+                self._write(key, value)
+
+    def discard(self) -> None:
+        self._pending = {}
+
+    def _write(self, key: bytes, value: bytes) -> None:
         entry = self.index.get(key)
         if entry is not None:
             pos, size = entry
@@ -209,7 +234,7 @@ class DumbTable(Table):
         self._pwrite(value, pos)
         self._append_index_line(key, pos, len(value))
 
-    def delete(self, key: bytes) -> None:
+    def _tombstone(self, key: bytes) -> None:
         entry = self.index.get(key)
         if entry is not None and entry[1]:
             self._pwrite(b"0" * entry[1], entry[0])

@@ -10,10 +10,12 @@ How a message's transaction reads and writes (``DbmTransaction``, transaction.py
 2. ``get``/``set``/``delete`` on the tables; the first write of the hold
    bumps the generation.
 3. ``_exit``: a hold that wrote makes each table's changes durable (gdbm:
-   one journal write; dbm.dumb wrote as it went), in the order of TABLES, so
-   that a message that passes is in greylist_Passed before it leaves
-   greylist_NotPassed; then lets go of the lock.  When a table fails, the
-   changes not yet written are forgotten, and the message gets the
+   one journal write; dbm.dumb: its value and index writes), in the order of
+   TABLES, so that a message that passes is in greylist_Passed before it
+   leaves greylist_NotPassed; then lets go of the lock.  Until then the
+   changes wait in memory: a transaction that fails before (an error in
+   the message's decision, say) leaves nothing behind.  When a table fails,
+   the changes not yet written are forgotten, and the message gets the
    store-failure reply.
 """
 
