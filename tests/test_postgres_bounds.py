@@ -119,7 +119,8 @@ def test_a_fifth_message_waits_for_a_connection_no_longer_than_the_timeout(tmp_p
         started = time.monotonic()
         assert greylist_filter.do_filter("", [write_control(str(tmp_path / "C"))]) == STORE_FAILURE_REPLY
         assert 0.9 < time.monotonic() - started < 3
-        assert "all 1 connections to the server stayed busy" in lines[-1]
+        assert f"error=\"PostgreSQL database {conninfo['db']} on 127.0.0.1:{conninfo['port']}: all 1 " \
+               f"connections stayed busy\"" in lines[-1]
     finally:
         release.set()
         holder.join(30)
@@ -227,7 +228,8 @@ def test_a_dropped_table_is_made_again_with_one_line(tmp_path, conninfo, own_ser
     assert greylist_filter.do_filter("", [second]) == GREYLIST + "00:05:00"
     assert "action=greylist, reason=new" in lines[-1]
     made = [line for line in lines if "making the tables again" in line]
-    assert len(made) == 1 and 'relation "greylist_' in made[0] and "does not exist" in made[0]
+    assert made == [f"greylist: PostgreSQL database {conninfo['db']} on 127.0.0.1:{conninfo['port']}: "
+                    f'relation "greylist_passed" does not exist; making the tables again']
     assert greylist_filter.do_filter("", [second]).startswith(GREYLIST)  # and now it is known
     assert len([line for line in lines if "making the tables again" in line]) == 1
     store.close()

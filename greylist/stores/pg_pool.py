@@ -38,9 +38,10 @@ def usable(conn) -> bool:
 class ConnectionPool:
     """At most ``size`` connections; ``connect(deadline)`` opens a new one."""
 
-    def __init__(self, connect: Callable[[float], Any], size: int,
+    def __init__(self, connect: Callable[[float], Any], size: int, name: str = "the server",
                  idle_timeout: float = _IDLE_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
         self.size = size
+        self.name = name  # for messages
         self._connect = connect
         self._idle_timeout = idle_timeout
         self._clock = clock
@@ -52,7 +53,7 @@ class ConnectionPool:
     def take(self, deadline: float):
         """A connection for the caller alone, until ``give_back``; raises StoreError."""
         if not self._slots.acquire(timeout=max(0.0, deadline - self._clock())):
-            raise PoolExhausted(f"all {self.size} connections to the server stayed busy")
+            raise PoolExhausted(f"{self.name}: all {self.size} connections stayed busy")
         try:
             conn = self._newest_idle()
             return conn if conn is not None else self._connect(deadline)

@@ -18,6 +18,7 @@ from . import StoreError, StoreOpenError
 _SUCCESS = (0, 1, 2)
 _CONNECTION_OK = 0
 _SQLSTATE_FIELD = ord("C")  # PG_DIAG_SQLSTATE
+_MESSAGE_FIELD = ord("M")  # PG_DIAG_MESSAGE_PRIMARY
 
 UNDEFINED_TABLE = "42P01"
 # Another host made the same table or index at the same moment.
@@ -104,7 +105,9 @@ def round_trip(conn, query: str, timeout: float) -> list:
         raise RoundTripError(one_line(error), broken=True) from error
     for result in results:
         if result.status not in _SUCCESS:
-            message = (result.error_message or b"").decode("utf-8", "replace")
+            # The primary message: the whole one adds the statement and a caret under it.
+            message = (result.error_field(_MESSAGE_FIELD) or result.error_message or b"").decode(
+                "utf-8", "replace")
             sqlstate = (result.error_field(_SQLSTATE_FIELD) or b"").decode("ascii", "replace")
             raise RoundTripError(" ".join(message.split()) or f"status {result.status}",
                                  broken=pgconn.status != _CONNECTION_OK, sqlstate=sqlstate)

@@ -242,7 +242,7 @@ class PostgresStore(Store):
         }
         self._params = {k: v for k, v in self._params.items() if v is not None}
         self.description = f"PostgreSQL database {dbname} on {host or 'localhost'}:{port or 5432}"
-        self.pool = ConnectionPool(self._connect, pool_size)
+        self.pool = ConnectionPool(self._connect, pool_size, self.description)
         self.entries_after_purge = {}
         self._wanted = {AUTO_WHITELIST_TABLE: auto_whitelist, MESSAGE_ID_TABLE: message_ids}
         self.tables = TABLES + tuple(table for table, wanted in self._wanted.items() if wanted)
