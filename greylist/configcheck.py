@@ -9,7 +9,6 @@ settings with where each came from, then one line per problem.
 from __future__ import annotations
 
 import dataclasses
-import dbm
 import ipaddress
 import os
 from typing import Callable, List, Optional, Sequence
@@ -18,6 +17,7 @@ from .filter import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
+from .stores.dbm.files import flavour_of
 
 
 @dataclasses.dataclass
@@ -89,7 +89,12 @@ def _check_dbm(settings: Settings, report: Report) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         report.problems.append(f"store directory {directory} is not writable by uid {os.geteuid()}")
         return
-    if dbm.whichdb(os.path.join(directory, PASSED_TABLE)) is None:
+    try:
+        flavour = flavour_of(os.path.join(directory, PASSED_TABLE))
+    except OSError as error:
+        report.problems.append(f"cannot use the store in {directory}: {error}")
+        return
+    if flavour is None:
         report.notes.append(f"no store in {directory} yet: the dispatcher will create it")
         return
     _check_store(settings, report)

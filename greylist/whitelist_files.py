@@ -76,6 +76,14 @@ class _Read(NamedTuple):
     settled: bool = True  # its time was well before its reading: the signature can be trusted
 
 
+def _yielding(lines: Sequence[str], every: int = 64):
+    """The lines, letting other threads run every few hundred: a message waiting for the
+    interpreter then waits microseconds for a reading in the background, not milliseconds."""
+    for start in range(0, len(lines), every):
+        time.sleep(0)
+        yield from lines[start:start + every]
+
+
 class WhitelistFiles:
     """The settings' whitelist plus the entries of the whitelist files, kept current."""
 
@@ -106,7 +114,7 @@ class WhitelistFiles:
     def _read(self, path: str) -> _Read:
         read_at = self._clock()
         data, info = read_with_stat(path, LIMIT)
-        whitelist, problems = parse_lines(data.decode("utf-8", "replace").splitlines())
+        whitelist, problems = parse_lines(_yielding(data.decode("utf-8", "replace").splitlines()))
         for number, problem in problems:
             self._log(f"greylist: {path}:{number}: {problem}; line ignored")
         settled = info.st_mtime_ns / 1e9 < read_at - RACY

@@ -287,11 +287,13 @@ def test_a_fifo_at_a_store_file_name_is_refused_without_blocking(tmp_path, name)
         for command in (["export", "--db-dir", str(store)], ["stats", "--db-dir", str(store)],
                         ["show", "--db-dir", str(store), "--sender", "a@b.example", "--recipient",
                          "c@d.example", "--ip", "192.0.2.1"],
-                        ["check", "--db-dir", str(store), write_control(str(tmp_path / "C"))]):
+                        ["check", "--db-dir", str(store), write_control(str(tmp_path / "C"))],
+                        ["migrate", "--db-dir", str(store), "--to-db-dir", str(tmp_path / "copy")],
+                        ["check-config", "--config", write_config(str(tmp_path / "m.conf"), str(store))]):
             result = subprocess.run(greylist_command(*command), capture_output=True, text=True, timeout=30)
             assert result.returncode == 1, (command, result.stderr)
             assert "FIFO" in result.stderr and "Traceback" not in result.stderr
-            assert result.stderr.count("\n") == 1
+            assert result.stderr.count("\n") == 1, result.stderr
     finally:
         os.close(os.open(store / name, os.O_RDWR | os.O_NONBLOCK))
 
