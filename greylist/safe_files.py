@@ -144,6 +144,19 @@ def create_temporary(base: str, purpose: str) -> tuple:
         return fd, path
 
 
+def write_all(fd: int, data: bytes, what: str) -> None:
+    """Write all of ``data`` at the descriptor's position; a short write (a full disk) raises."""
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)[max(written, 0):]
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, f"short write to {what}")
+        view = view[written:]
+
+
 def replace_file(path: str, data: bytes, mode: int) -> None:
     """Put ``data`` at ``path`` whole: written to a temporary of its own, then renamed over.
 
@@ -153,9 +166,7 @@ def replace_file(path: str, data: bytes, mode: int) -> None:
     """
     fd, temporary = create_temporary(path, "new")
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data, temporary)
         os.fchmod(fd, mode)
         os.close(fd)
         fd = -1

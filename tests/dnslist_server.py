@@ -74,40 +74,10 @@ class Rbldnsd:
         self.proc.wait(timeout=10)
 
 
-class MisbehavingServer:
-    """A UDP 'DNS server' on loopback that never answers, or answers garbage."""
-
-    def __init__(self, reply: bytes = b"") -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.queries = 0
-        self._reply = reply
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            self.queries += 1
-            if self._reply:
-                self.sock.sendto(data[:2] + self._reply, peer)  # the query's id, then garbage
-
-    @property
-    def server(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class ScriptedServer:
-    """A UDP DNS server on loopback that answers each query with what ``script`` returns:
-    datagrams, each sent from the server's own address or, marked ``elsewhere``, from
-    another port of the same host (to the client's port all the same)."""
+    """A UDP DNS server on loopback that answers each query (its wire bytes) with what
+    ``script`` returns: datagrams, each sent from the server's own address or, marked
+    ``elsewhere``, from another port of the same host (to the client's port all the same)."""
 
     def __init__(self, script) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -120,20 +90,30 @@ class ScriptedServer:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        import dns.message
-
         while True:
             try:
                 data, peer = self.sock.recvfrom(65535)
             except OSError:
                 return
             self.queries += 1
-            for datagram, elsewhere in self._script(dns.message.from_wire(data)):
+            for datagram, elsewhere in self._script(data):
                 (self.other if elsewhere else self.sock).sendto(datagram, peer)
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def close(self) -> None:
         self.sock.close()
         self.other.close()
+
+
+class MisbehavingServer(ScriptedServer):
+    """A UDP 'DNS server' on loopback that never answers, or answers garbage."""
+
+    def __init__(self, reply: bytes = b"") -> None:
+        # The query's id, then the garbage.
+        super().__init__(lambda query: [(query[:2] + reply, False)] if reply else [])
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -43,9 +43,21 @@ def with_record(query, rdclass: bytes, rdtype: bytes) -> bytes:
     return bytes(wire)
 
 
+def scripted(script) -> ScriptedServer:
+    """A server whose ``script`` is given each query parsed."""
+    return ScriptedServer(lambda wire: script(dns.message.from_wire(wire)))
+
+
 def server_of(script):
-    server = ScriptedServer(script)
+    server = scripted(script)
     return server, (("127.0.0.1", server.port),)
+
+
+def truncated(wire: bytes) -> bytes:
+    """The same reply with its TC bit set (the server says it left records out)."""
+    reply = dns.message.from_wire(wire)
+    reply.flags |= dns.flags.TC
+    return reply.to_wire()
 
 
 def test_stray_datagrams_before_the_answer_lose_no_listing():
@@ -85,7 +97,7 @@ def test_reading_and_parsing_count_against_the_timeout():
     def flood(query):
         return [(b"\x81\x80" + b"\xff" * 60000, False)] + [(junk(query), False)] * 200
 
-    servers = [ScriptedServer(flood) for _ in range(3)]
+    servers = [scripted(flood) for _ in range(3)]
     try:
         lists = DnsLists([("127.0.0.1", server.port) for server in servers], 0.5)
         zones = [f"z{n}.test" for n in range(6)]
@@ -100,12 +112,7 @@ def test_reading_and_parsing_count_against_the_timeout():
 
 
 def test_a_truncated_reply_without_records_is_not_taken_for_unlisted():
-    def truncated(query):
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.TC
-        return [(reply.to_wire(), False)]
-
-    server, servers = server_of(truncated)
+    server, servers = server_of(lambda q: [(truncated(dns.message.make_response(q).to_wire()), False)])
     try:
         lists = DnsLists(servers, 0.3)
         assert lists.lookup(CLIENT, [BL])[0].result == "error"
@@ -116,12 +123,7 @@ def test_a_truncated_reply_without_records_is_not_taken_for_unlisted():
 
 
 def test_a_truncated_reply_with_a_listing_counts_and_is_not_kept():
-    def truncated(query):
-        reply = dns.message.from_wire(listed(query))
-        reply.flags |= dns.flags.TC
-        return [(reply.to_wire(), False)]
-
-    server, servers = server_of(truncated)
+    server, servers = server_of(lambda q: [(truncated(listed(q)), False)])
     try:
         lists = DnsLists(servers, 2.0)
         assert lists.lookup(CLIENT, [BL])[0].result == "listed"

@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Optional
 
-from ...safe_files import FILE_MODE, create_temporary, dbm_flavour, open_regular
-
-
-def flavour_of(base: str):
-    """The dbm flavour of a store file (``dbm.whichdb``'s answer), never through a link."""
-    return dbm_flavour(base, follow_links=False)
-
+from ...safe_files import FILE_MODE, create_temporary, dbm_flavour, open_regular, write_all
 
 __all__ = ["FILE_MODE", "create_temporary", "open_regular", "flavour_of", "write_all", "pwrite_all",
            "fsync_path", "temporary_owner", "remove_stale_temporaries"]
 
 
-def write_all(fd: int, data: bytes, what: str) -> None:
-    """Write all of ``data`` at the descriptor's position; a short write (a full disk) raises."""
-    written = os.write(fd, data)
-    if written == len(data):
-        return
-    view = memoryview(data)[max(written, 0):]
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, f"short write to {what}")
-        view = view[written:]
+def flavour_of(base: str) -> Optional[str]:
+    """The dbm flavour of a store file (``dbm.whichdb``'s answer), never through a link."""
+    return dbm_flavour(base, follow_links=False)
 
 
 def pwrite_all(fd: int, data: bytes, offset: int, what: str) -> None:
