@@ -154,6 +154,7 @@ class GreylistFilter:
         self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)
                                     if settings.greylist_recipients else None)
         self.reputation = open_reputation(settings, counts)
+        self.last_decision: Optional[float] = None  # Unix time of the last decision without an error
 
     # --- the dispatcher's call ---------------------------------------------------
 
@@ -172,6 +173,8 @@ class GreylistFilter:
                 finished = time.perf_counter()
                 counts.decided("error", "internal", finished - started, finished)
             return self._store_failure_reply()
+        if verdict.action != "error":
+            self.last_decision = time.time()
         if counts is not None:
             finished = time.perf_counter()
             counts.decided(verdict.action, verdict.reason, finished - started, finished)

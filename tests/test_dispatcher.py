@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
@@ -45,14 +47,25 @@ def test_dispatcher_greylists_then_accepts(tmp_path, installed):
     assert sorted(os.listdir(store))[0] == "greylist.lock"
 
 
-def test_dispatcher_stops_with_one_clear_line_on_bad_config(tmp_path, installed):
+def test_a_filter_that_cannot_start_defers_mail_instead_of_letting_it_through(tmp_path, installed):
+    """Were the dispatcher to exit, it would make no socket, and Courier would pass mail unfiltered.
+    It runs instead, and every message gets a 451 until the settings are fixed."""
     config, store = installed
     write_config(config, "/nonexistent/greylist")
     dispatcher = Dispatcher(tmp_path, config)
-    assert dispatcher.wait_ready() is False
-    log = dispatcher.stop()
-    assert "greylist: cannot start: store directory /nonexistent/greylist does not exist" in log
-    assert "Traceback" not in log
+    try:
+        assert dispatcher.wait_ready(), dispatcher.output()
+        control = write_control(str(dispatcher.spool / "C1"))
+        replies = [dispatcher.send("D1", [control]) for _ in range(3)]
+        saved = json.loads((dispatcher.spool.parent / "allfilters" / ".courier-greylist.status").read_text())
+    finally:
+        log = dispatcher.stop()
+    assert replies == ["451 4.3.0 Greylisting temporarily unavailable, please try again later"] * 3
+    assert log.count("greylist: cannot start: store directory /nonexistent/greylist does not exist") == 1
+    assert log.count("greylist: action=error, reason=not-started") == 3
+    assert "Traceback" not in log and "Initialized" not in log
+    assert saved["state"] == "not-started" and "/nonexistent/greylist" in saved["problem"]
+    assert saved["settings"] == [{"path": config, "sha256": hashlib.sha256(open(config, "rb").read()).hexdigest()}]
 
 
 def test_clock_steps_through_the_real_dispatcher(tmp_path):

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from .common import EX_ERROR, EX_USAGE, CommandError, default_db_dir, envelope_address
+from .dispatcher_commands import command_restart, command_status
 from .file_commands import (
     SHIM_NAME,
     command_export,
@@ -76,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
                               help="pythonfilter-modules.conf to read (default: the files "
                                    "courier.config reads)")
     check_config.set_defaults(handler=command_check_config)
+
+    restart = commands.add_parser(
+        "restart", help="apply the settings: check them, restart the dispatcher, wait until it runs them",
+        description="Check the settings as the dispatcher will read them (when it runs this filter); "
+                    "if they have a problem, change nothing and exit 1. Else stop the dispatcher, wait "
+                    "until it has exited, start it, and wait until it runs (and, with this filter, "
+                    "until the filter says it started with these settings). Exits 0 only then. "
+                    "As root: it runs filterctl and signals courierfilter.")
+    restart.add_argument("--config", metavar="PATH",
+                         help="the settings file to check (default: the one the installed module reads)")
+    restart.set_defaults(handler=command_restart)
+
+    status_ = commands.add_parser(
+        "status", help="is greylisting on? what runs, since when, with which settings",
+        description="Say whether courierfilter runs, whether the pythonfilter dispatcher runs this "
+                    "filter, since when, with the settings of which file (and whether it changed "
+                    "since), and when it last decided a message. Exits 0 only when greylisting is on.")
+    status_.add_argument("--config", metavar="PATH",
+                         help="the settings file meant to be running (default: the installed module's)")
+    status_.set_defaults(handler=command_status)
 
     export = commands.add_parser(
         "export", help="write every stored triplet as JSON lines (a backup)",
@@ -182,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     known = {"check", "check-config", "install", "export", "import", "migrate", "show", "allow",
-             "delete", "stats", "purge", "report", "-h", "--help", "--version"}
+             "delete", "stats", "purge", "report", "restart", "status", "-h", "--help", "--version"}
     if argv and argv[0] not in known:
         if not (argv[0].startswith("-") or os.sep in argv[0] or os.path.exists(argv[0])):
             near = difflib.get_close_matches(argv[0], sorted(known - {"-h", "--help", "--version"}), n=1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
 import sys
 import tempfile
+from typing import Optional
 
 from .. import report, transfer
 from ..settings import SettingsError, load_settings
@@ -67,15 +69,57 @@ SHIM_TEMPLATE = '''"""Placed by `greylist install`: lets courier-pythonfilter lo
 List "{name}" in pythonfilter.conf.  Remove with `greylist install --uninstall`.
 """
 
-import greylist as _greylist
+CONFIG_PATHS = {config_paths!r}  # the settings files it reads (None: courier.config's own)
 
+try:
+    import greylist as _greylist
+except Exception as _error:  # a broken installation defers mail; it never lets it through unfiltered
+    import sys as _sys
 
-def initFilter():
-    _greylist.initFilter(config_paths={config_paths!r})
+    _problem = f"cannot load courier-greylist: {{_error!r}}"
 
+    def initFilter():
+        _sys.stderr.write(f"greylist: cannot start: {{_problem}}; every message gets a 451\\n")
 
-doFilter = _greylist.doFilter
+    def doFilter(body_path, control_paths):
+        _sys.stderr.write("greylist: action=error, reason=not-started\\n")
+        return "451 4.3.0 Greylisting temporarily unavailable, please try again later"
+else:
+    def initFilter():
+        _greylist.initFilter(config_paths=CONFIG_PATHS)
+
+    doFilter = _greylist.doFilter
 '''
+
+
+def installed_config_paths(target: Optional[str] = None, name: str = SHIM_NAME) -> Optional[list]:
+    """The settings files the installed module makes the dispatcher read (None: the standard ones,
+    or no module installed)."""
+    try:
+        shim = os.path.join(target or pythonfilter_directory(), name + ".py")
+        with open(shim, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, CommandError):
+        return None
+    for node in tree.body:
+        names = [getattr(target, "id", None) for target in getattr(node, "targets", ())]
+        if isinstance(node, ast.Assign) and names == ["CONFIG_PATHS"]:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            return list(value) if isinstance(value, (list, tuple)) else None
+    return None
+
+
+def pythonfilter_directory() -> str:
+    """Where courier-pythonfilter's dispatcher imports its modules from."""
+    try:
+        import pythonfilter
+    except ImportError:
+        raise CommandError("courier-pythonfilter is not installed for "
+                           f"{sys.executable}") from None
+    return os.path.dirname(os.path.abspath(pythonfilter.__file__))
 
 
 def command_install(args: argparse.Namespace) -> int:
@@ -83,14 +127,7 @@ def command_install(args: argparse.Namespace) -> int:
     if not name.isidentifier() or name == "greylist":
         raise CommandError(f"{name!r} cannot be the module name (and 'greylist' would "
                            f"replace courier-pythonfilter's own module)")
-    target = args.target
-    if target is None:
-        try:
-            import pythonfilter
-        except ImportError:
-            raise CommandError("courier-pythonfilter is not installed for "
-                               f"{sys.executable}") from None
-        target = os.path.dirname(os.path.abspath(pythonfilter.__file__))
+    target = args.target or pythonfilter_directory()
     path = os.path.join(target, name + ".py")
     if args.uninstall:
         if args.dry_run:
