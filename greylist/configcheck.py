@@ -14,9 +14,16 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 from .filter import open_lists, open_reputation
-from .metrics import Counts, MetricsUnavailable, registry_for
+from .metrics import Counts, MetricsUnavailable, directory_problem, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
-from .stores import PASSED_TABLE, POSTGRES_TYPES, StoreError, open_store
+from .stores import (
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    PASSED_TABLE,
+    POSTGRES_TYPES,
+    StoreError,
+    open_store,
+)
 from .stores.dbm.files import flavour_of
 
 
@@ -68,6 +75,7 @@ def check(config_paths: Optional[Sequence[str]],
     except SettingsError as error:
         report.problems.append(str(error))
         return report
+    _check_password_files(settings, report)
     become_owner(settings)
     _check_lists(settings, report)
     if settings.metrics_file:
@@ -78,6 +86,22 @@ def check(config_paths: Optional[Sequence[str]],
     else:
         _check_dbm(settings, report)
     return report
+
+
+def _check_password_files(settings: Settings, report: Report) -> None:
+    """A file that holds the PostgreSQL password must not be readable by every user."""
+    if not settings.db_password:
+        return
+    for path in settings.sources:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                holds = any(line.split("=", 1)[0].strip() == "password" for line in handle)
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if holds and mode & 0o004:
+            report.notes.append(f"{path} holds the PostgreSQL password and every user may read it: "
+                                f"chmod 0640 {path}; chgrp courier {path}")
 
 
 def _check_dbm(settings: Settings, report: Report) -> None:
@@ -101,13 +125,21 @@ def _check_dbm(settings: Settings, report: Report) -> None:
 
 
 def _check_store(settings: Settings, report: Report, postgres: bool = False) -> None:
+    # The tables of ours that the settings ask for are made by the dispatcher at
+    # start: the store is looked at with those it has, and the others noted.
+    present = dataclasses.replace(settings, auto_whitelist_clients=0, match_retry_by_message_id=False)
     try:
-        store = open_store(settings, readonly=True)
+        store = open_store(present if not postgres else settings, readonly=True)
     except StoreError as error:
         report.problems.append(str(error))
         return
     try:
         report.notes.append(f"store: {store.description}")
+        wanted = [table for table, on in ((AUTO_WHITELIST_TABLE, settings.auto_whitelist_clients > 0),
+                                          (MESSAGE_ID_TABLE, settings.match_retry_by_message_id)) if on]
+        if not postgres and [table for table in wanted if table not in store.tables]:
+            report.notes.append(f"{', '.join(t for t in wanted if t not in store.tables)} does not exist "
+                                f"yet: the dispatcher will create it")
         if postgres:
             missing = store.missing_tables()
             if missing:
@@ -137,10 +169,9 @@ def _check_metrics(settings: Settings, report: Report) -> None:
     except MetricsUnavailable as error:
         report.problems.append(str(error))
         return
-    directory = os.path.dirname(settings.metrics_file)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        report.notes.append(f"metrics file {settings.metrics_file}: directory {directory} is not "
-                            f"writable by uid {os.geteuid()} (the filter will keep trying)")
+    problem = directory_problem(settings.metrics_file)
+    if problem:
+        report.notes.append(f"metrics file {settings.metrics_file}: {problem} (the filter will keep trying)")
 
 
 def _check_reputation(settings: Settings, report: Report) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
+from .extras import install_hint
 from .safe_files import replace_file
 
 # Decision latency buckets, seconds: a local store decides in well under a
@@ -224,10 +225,20 @@ def registry_for(counts: Counts):
         from prometheus_client import CollectorRegistry
     except ImportError:
         raise MetricsUnavailable("metrics_file is set, but prometheus_client is not installed "
-                                 "(pip install 'courier-greylist[metrics]')") from None
+                                 f"({install_hint('metrics')})") from None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(counts))
     return registry
+
+
+def directory_problem(path: str) -> Optional[str]:
+    """Why the metrics file's directory will not take it, or None."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by uid {os.geteuid()}"
+    return None
 
 
 class MetricsFile:
@@ -245,10 +256,9 @@ class MetricsFile:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        directory = os.path.dirname(self.path) or "."
-        if not os.access(directory, os.W_OK | os.X_OK):
-            self.log(f"greylist: metrics file {self.path}: directory {directory} is not writable by "
-                     f"uid {os.geteuid()}; trying again every {self.interval:g} s")
+        problem = directory_problem(self.path)
+        if problem:
+            self.log(f"greylist: metrics file {self.path}: {problem}; trying again every {self.interval:g} s")
             self._failing = True
         self._thread = threading.Thread(target=self._run, name="greylist-metrics", daemon=True)
         self._thread.start()

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
+from .extras import install_hint
+
 MARKER = "greylist: action="
 
 # Buckets of the pass-delay histogram: (upper bound in seconds, label).
@@ -171,7 +173,7 @@ def draw_png(report: Report, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotUnavailable("--png needs matplotlib (pip install matplotlib)") from None
+        raise PlotUnavailable(f"--png needs matplotlib ({install_hint('report')})") from None
     histogram = report.delay_histogram()
     figure, axes = plt.subplots(figsize=(8, 4))
     axes.bar([label for label, _ in histogram], [count for _, count in histogram], color="#607d8b")

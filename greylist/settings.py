@@ -210,8 +210,16 @@ def load_settings(
                     value = check(parse_value(text))
                 except ValueError as error:
                     raise SettingsError(f"{path}: [{section}] {key}: {error}") from None
-                if name is not None:
-                    values[name] = value
-                    if origins is not None:
-                        origins[name] = f"{path} [{section}] {key}"
+                if name is None:
+                    continue
+                spellings = [k for k in parser.options(section) if known.get(k, (None,))[0] == name]
+                if len(spellings) > 1:  # greylist_time and greylistTime: the documented one wins
+                    documented = next(k for k, (n, _) in known.items() if n == name)
+                    if key != documented:
+                        continue
+                    warn(f"greylist: {path}: [{section}] sets both {' and '.join(spellings)}; "
+                         f"{documented} is used")
+                values[name] = value
+                if origins is not None:
+                    origins[name] = f"{path} [{section}] {key}"
     return Settings(sources=tuple(sources), **values)

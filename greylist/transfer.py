@@ -11,7 +11,14 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable, Iterator, Optional, TextIO, Tuple
 
-from .stores import ALL_TABLES, AUTO_WHITELIST_TABLE, Store
+from .stores import (
+    ALL_TABLES,
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    NOT_PASSED_TABLE,
+    PASSED_TABLE,
+    Store,
+)
 
 _BATCH = 500  # entries written per transaction: short lock holds, few round trips
 
@@ -40,18 +47,43 @@ def entries(store: Store) -> Iterator[Row]:
                 yield table, key, int(timestamp), None
 
 
+def _merge(tx, table: str, key: str, timestamp: int, passes: Optional[int]) -> None:
+    """One entry into a store that may know the key already: the newer state wins.
+
+    A passed triplet beats a pending one (whichever store it comes from);
+    otherwise the later time wins, and an auto-whitelist record keeps the
+    larger count.  So a copy run twice changes nothing the second time, and
+    an old copy never sends a triplet back to waiting.
+    """
+    if table == AUTO_WHITELIST_TABLE:
+        known = tx.get_counted(table, key)
+        if known is None:
+            tx.set_counted(table, key, timestamp, passes or 0)
+        elif timestamp > known[0] or (passes or 0) > known[1]:
+            tx.set_counted(table, key, max(timestamp, int(known[0])), max(passes or 0, known[1]))
+        return
+    if table == NOT_PASSED_TABLE and tx.get(PASSED_TABLE, key) is not None:
+        return  # it passed in the destination already
+    known = tx.get(table, key)
+    if known is None or timestamp > known:
+        tx.set(table, key, timestamp)
+    if table == PASSED_TABLE and tx.get(NOT_PASSED_TABLE, key) is not None:
+        tx.delete(NOT_PASSED_TABLE, key)
+
+
 def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) -> int:
-    """Store the rows, a batch per transaction; returns how many."""
+    """Merge the rows into the store (see _merge), a batch per transaction; returns how many."""
     count = 0
     batch: list = []
 
     def flush() -> None:
+        triplets = [key for table, key, _, _ in batch if table in (PASSED_TABLE, NOT_PASSED_TABLE)]
+        counted = [key for table, key, _, _ in batch if table == AUTO_WHITELIST_TABLE]
+        messages = [key for table, key, _, _ in batch if table == MESSAGE_ID_TABLE]
         with store.transaction() as tx:
+            tx.lock_and_load(triplets, counted, messages)
             for table, key, timestamp, passes in batch:
-                if table == AUTO_WHITELIST_TABLE:
-                    tx.set_counted(table, key, timestamp, passes or 0)
-                else:
-                    tx.set(table, key, timestamp)
+                _merge(tx, table, key, timestamp, passes)
         batch.clear()
 
     try:
@@ -111,5 +143,5 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Row]:
 
 
 def copy_store(source: Store, destination: Store, progress: Progress = None) -> int:
-    """Every entry of ``source`` into ``destination`` (existing entries are overwritten)."""
+    """Every entry of ``source`` merged into ``destination`` (the newer state of each key wins)."""
     return write_entries(destination, entries(source), progress)

@@ -108,6 +108,10 @@ class Whitelist:
         name = _host_name(text)
         if name is None:
             raise WhitelistEntryError(f"{text!r} is not an IP address, network, host name or .domain")
+        if all(label.isdigit() for label in name.split(".")):
+            # 300.1.2.3, 192.0.2: no host name is all numbers, and no client would match it
+            raise WhitelistEntryError(f"{text!r} is not an IP address (nor a host name: those are not "
+                                      f"all numbers)")
         self.client_names[name] = text
 
     def _add_address(self, kind: str, text: str) -> None:

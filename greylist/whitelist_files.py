@@ -37,6 +37,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 LIMIT = 64 << 20  # about four million entries
 RELOAD_WAIT = 0.1  # seconds the message that noticed a change waits for it to be read
 RACY = 2.0  # seconds: a file modified this close to its reading is read once more
+NOT_THERE_YET = "does not exist yet; read when it appears"
 
 
 class WhitelistFileError(Exception):
@@ -106,7 +107,7 @@ class WhitelistFiles:
                 # Not there yet (a list the postmaster means to write): mail flows,
                 # and the file is read when it appears.
                 self._files[path] = _Read(None, Whitelist())
-                self._report(path, "does not exist yet; read when it appears")
+                self._report(path, NOT_THERE_YET)
             except OSError as error:
                 raise WhitelistFileError(f"whitelist file {path}: {error.strerror or error}") from None
         self._merged = self._merge()

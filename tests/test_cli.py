@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pty
+import shutil
 import subprocess
 
 import pytest
@@ -324,13 +325,16 @@ def test_stats_and_purge(tmp_path):
                 "--ip", "192.0.2.99").stdout
     assert "auto-whitelist: 192.0.2.0/24: 1 triplets passed" in shown and "auto-whitelisted" in shown
 
-    # age the pending entries past their TTL by rewriting them through import
+    # age the pending entries past their TTL: exported, aged, imported into an empty store
+    # (into the same store the newer entries would win)
     exported = run("export", "--config", config).stdout
     old = "\n".join(json.dumps(dict(row, timestamp=row["timestamp"] - 7200))
                     if row["store"] == "greylist_NotPassed" else json.dumps(row)
                     for row in map(json.loads, exported.splitlines()))
     dump = tmp_path / "dump"
     dump.write_text(old + "\n")
+    shutil.rmtree(store)
+    store.mkdir()
     assert run("import", "--config", config, str(dump)).returncode == 0
     purged = run("purge", "--config", config)
     assert purged.returncode == 0 and "purged 3 expired entries" in purged.stdout

@@ -65,7 +65,8 @@ def test_a_filter_that_cannot_start_defers_mail_instead_of_letting_it_through(tm
     assert log.count("greylist: action=error, reason=not-started") == 3
     assert "Traceback" not in log and "Initialized" not in log
     assert saved["state"] == "not-started" and "/nonexistent/greylist" in saved["problem"]
-    assert saved["settings"] == [{"path": config, "sha256": hashlib.sha256(open(config, "rb").read()).hexdigest()}]
+    digest = hashlib.sha256(open(config, "rb").read()).hexdigest()
+    assert saved["settings"] == [{"path": config, "sha256": digest}]
 
 
 def test_clock_steps_through_the_real_dispatcher(tmp_path):

@@ -27,6 +27,7 @@ from dnslist_server import (
 from helpers import Clock, write_config, write_control
 from host import greylist_command
 
+from greylist.extras import install_hint
 from greylist.filter import GreylistFilter
 from greylist.metrics import Counts
 from greylist.reputation.rdns import address_in_name, generic_reason, load_patterns
@@ -198,14 +199,18 @@ def test_dns_servers_are_read_with_and_without_ports(tmp_path):
         load_settings([str(tmp_path / "m.conf")])
 
 
-def test_zones_without_dnspython_stop_the_start_with_one_line(tmp_path):
+def test_zones_without_dnspython_are_one_line_and_mail_waits(tmp_path):
     config = write_config(str(tmp_path / "m.conf"), str(tmp_path), dnsbl_zones=[BL])
     program = ("import sys; sys.modules['dns'] = None\n"
-               f"import greylist; greylist.initFilter([{config!r}])")
+               f"import greylist; greylist.initFilter([{config!r}])\n"
+               "print(greylist.doFilter('', []))")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr == ("greylist: cannot start: DNS list zones are set, but dnspython is not "
-                             "installed (pip install 'courier-greylist[dns]')\n")
+    assert result.returncode == 0
+    assert result.stdout == "451 4.3.0 Greylisting temporarily unavailable, please try again later\n"
+    assert result.stderr.splitlines() == [
+        f"greylist: cannot start: DNS list zones are set, but dnspython is not installed "
+        f"({install_hint('dns')}); every message gets a 451 until the settings are fixed and the filter "
+        f"restarted (greylist restart)", "greylist: action=error, reason=not-started"]
 
 
 def test_check_explain_shows_the_dns_answers(tmp_path, rbldnsd):

@@ -23,6 +23,7 @@ from ..stores import (
 from ..stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
 from ..stores.dbm.files import flavour_of
 from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
+from ..whitelist_files import NOT_THERE_YET
 
 EX_OK = 0
 EX_ERROR = 1
@@ -171,7 +172,7 @@ def quiet_filter(settings: Settings, store) -> GreylistFilter:
     # filter's next purge to fold, instead of rewriting a large file on exit.
     store.fold_on_close = False
     try:
-        return GreylistFilter(settings, store, log=warn, purge="never")
+        return GreylistFilter(settings, store, log=warn_of_problems, purge="never")
     except SettingsError as error:
         store.close()
         raise CommandError(str(error)) from None
@@ -179,6 +180,13 @@ def quiet_filter(settings: Settings, store) -> GreylistFilter:
 
 def warn(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+def warn_of_problems(line: str) -> None:
+    """The filter's log lines, for a command: not the notes check-config gives (a whitelist file
+    that does not exist yet is not news at every command)."""
+    if not line.endswith(NOT_THERE_YET):
+        warn(line)
 
 
 def open_filter(args: argparse.Namespace, read_only: bool = False) -> GreylistFilter:

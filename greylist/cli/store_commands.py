@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 from .. import admin, configcheck, metrics
+from ..extras import install_hint
 from ..stores import StoreError, open_store
 from .common import (
     EX_ERROR,
@@ -142,7 +143,7 @@ def command_stats(args: argparse.Namespace) -> int:
             metrics.registry_for(metrics.Counts())
         except metrics.MetricsUnavailable:
             raise CommandError("--prometheus needs prometheus_client "
-                               "(pip install 'courier-greylist[metrics]')") from None
+                               f"({install_hint('metrics')})") from None
     result = on_store(args, lambda greylist: admin.stats(greylist, time.time(), top=args.top),
                        read_only=True)
     if args.prometheus:

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..extras import install_hint
+
 # Answers a list gives for "the query was refused" (a public resolver, a
 # query limit): these are not listings.
 _REFUSED = {ipaddress.ip_address(a) for a in ("127.0.0.255", "127.255.255.254", "127.255.255.255")}
@@ -67,7 +69,7 @@ def _dns():
         import dns.resolver
     except ImportError:
         raise DnsListsUnavailable("DNS list zones are set, but dnspython is not installed "
-                                  "(pip install 'courier-greylist[dns]')") from None
+                                  f"({install_hint('dns')})") from None
     return dns
 
 

@@ -12,6 +12,7 @@ import math
 import select
 import time
 
+from ..extras import install_hint
 from . import StoreError, StoreOpenError
 
 # libpq's PGRES_EMPTY_QUERY, PGRES_COMMAND_OK, PGRES_TUPLES_OK; CONNECTION_OK.
@@ -41,7 +42,7 @@ def load_psycopg():
         import psycopg
     except ImportError:
         raise StoreOpenError("the PostgreSQL store needs psycopg 3: "
-                             "pip install 'courier-greylist[postgres]'") from None
+                             f"{install_hint('postgres')}") from None
     return psycopg
 
 
