@@ -61,7 +61,7 @@ def reasons_in_code() -> set:
 
 def test_every_reason_of_the_decision_line_is_in_the_readme_table():
     reasons = reasons_in_code()
-    assert {"new", "known", "control-file", "no-sender-record", "not-initialized",
+    assert {"new", "known", "control-file", "no-sender-record", "not-started",
             "whitelisted:client:RULE", "store-failure", "internal"} <= reasons  # the reader works
     table = _section(_read("README.md"), "The decision line")
     def named(reason: str) -> bool:  # "dnswl:RULE" is written `dnswl:ZONE`, say

@@ -28,6 +28,7 @@ PACKAGES = ["courier-mta", "rsyslog"]
 PORT = 2525
 BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
+CONFIG = "/etc/pythonfilter-modules.conf"  # the README's: the settings, where courier-pythonfilter reads them
 _MORE = "# a test's own settings follow"
 # A domain this Courier accepts mail for; deliveries go to a dead loopback port.
 # Courier remembers an address whose delivery failed (/var/lib/courier/track)
@@ -38,15 +39,39 @@ CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/couri
            "/etc/pythonfilter-modules.conf",
            "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
            "/etc/pythonfilter.conf",
-           "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter"]
+           "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter",
+           "/usr/local/sbin/greylist", "/var/lib/courier/allfilters/.courier-greylist.status"]
+
+
+def readme_block(name: str) -> str:
+    """The fenced block after the README's marker ``<!-- the NAME block: tests/e2e runs … -->``."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    start = text.index("```sh\n", text.index(f"<!-- the {name} block: tests/e2e runs")) + len("```sh\n")
+    return text[start:text.index("```", start)]
 
 
 def readme_install_block() -> str:
-    """The fenced block after the README's "the install block" marker."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
-        text = handle.read()
-    start = text.index("```sh\n", text.index("<!-- the install block")) + len("```sh\n")
-    return text[start:text.index("```", start)]
+    return readme_block("install")
+
+
+# A root shell's PATH (Debian's), whatever the test runner's is: the blocks call greylist from there.
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_block(name: str, check: bool = True, **names: str) -> subprocess.CompletedProcess:
+    """One of the README's blocks, as written (names set at its top replaced by ``names``), in bash -e."""
+    script = []
+    for line in readme_block(name).splitlines():
+        key = line.split("=", 1)[0]
+        script.append(f"{key}={names.pop(key)}" if key in names and "=" in line else line)
+    assert not names, f"the README's {name} block no longer sets {sorted(names)}"
+    result = subprocess.run(["bash", "-e", "-c", "\n".join(script)], capture_output=True, text=True,
+                            cwd=REPO, timeout=900, env=dict(os.environ, PATH=ROOT_PATH))
+    if check and result.returncode != 0:
+        raise RuntimeError(f"the README's {name} block failed ({result.returncode}): "
+                           f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
+    return result
 
 
 def wheel() -> str:
@@ -122,9 +147,11 @@ class CourierRig:
         self._install_packages()
         self._save()
         try:
-            self._install_filter(greylist_time)
             self._configure_courier()
-            self._start()
+            self._start()  # as on a mail server: Courier runs before the filter is installed
+            self._install_filter(greylist_time)
+            self._cut_dns()  # after the install: pip needs it
+            self.wait_ready()
         except BaseException:
             self.close()
             raise
@@ -154,50 +181,45 @@ class CourierRig:
         os.chmod(self.base, 0o755)
         self.venv = os.path.join(self.base, "venv")
         self.store = os.path.join(self.base, "store")
-        self.config = os.path.join(self.base, "pythonfilter-modules.conf")
         extra = ""
         if self.whitelist_file:
             self.whitelist = os.path.join(self.base, "whitelist")
             self.set_whitelist("# empty for now\n")
             extra = f"whitelist_files = [{self.whitelist!r}]\n"
-        with open(self.config, "w") as handle:  # [ttldb] is the install block's to add
-            handle.write(f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}{_MORE}\n")
-        os.chmod(self.config, 0o644)
+        settings = f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}{_MORE}\n"
         with open("/etc/pythonfilter.conf", "w") as handle:
             handle.write(f"{self.filter_name}\n" if self.filter_name != "courier_greylist" else "")
         if self.filter_name == "courier_greylist":
-            self._run_readme_install()  # before the test host's DNS is cut off: pip needs it
+            # The README's install block with its own CONFIG, then the settings of the
+            # run applied as the README says a postmaster applies them.
+            self.config = CONFIG
+            result = run_block("install", PREFIX=self.venv, PACKAGE=wheel(), STORE=self.store)
+            self.install_output = result.stdout
+            # The README's "Greylist less": the DNS lists need dnspython in the environment.
+            run(os.path.join(self.venv, "bin", "pip"), "install", "-q", "dnspython", timeout=600)
+            with open(self.config) as handle:
+                installed = handle.read()
+            with open(self.config, "w") as handle:
+                handle.write(settings + installed)
+            self.restart_filter()
             return
         # Benchmarks: no filter, or courier-pythonfilter's own module, in a venv of their own.
+        self.config = os.path.join(self.base, "pythonfilter-modules.conf")
+        with open(self.config, "w") as handle:
+            handle.write(settings + f"\n[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
+        os.chmod(self.config, 0o644)
         run("/usr/bin/python3", "-m", "venv", self.venv)
         run(os.path.join(self.venv, "bin", "pip"), "install", "-q", REPO, timeout=600)
-        with open(self.config, "a") as handle:
-            handle.write(f"\n[ttldb]\ntype = 'dbm'\ndir = '{self.store}'\n")
         courier = pwd.getpwnam("courier")
         os.makedirs(self.store, mode=0o700)
         os.chown(self.store, courier.pw_uid, courier.pw_gid)
         if self.filter_name == "greylist":  # the reference reads only the standard files
-            shutil.copy2(self.config, "/etc/pythonfilter-modules.conf")
+            shutil.copy2(self.config, CONFIG)
         if os.path.lexists("/usr/lib/courier/filters/pythonfilter"):
             os.unlink("/usr/lib/courier/filters/pythonfilter")
         os.symlink(os.path.join(self.venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
-
-    def _run_readme_install(self) -> None:
-        """The README's install block, line for line, with this run's four names."""
-        names = {"PREFIX": self.venv, "PACKAGE": wheel(), "STORE": self.store, "CONFIG": self.config}
-        script = []
-        for line in readme_install_block().splitlines():
-            name = line.split("=", 1)[0]
-            script.append(f"{name}={names.pop(name)}" if name in names and "=" in line else line)
-        assert not names, f"the README's install block no longer sets {sorted(names)}"
-        result = subprocess.run(["bash", "-e", "-c", "\n".join(script)], capture_output=True, text=True,
-                                cwd=REPO, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"the README's install block failed: {result.stdout[-1500:]}"
-                               f"{result.stderr[-1500:]}")
-        self.install_output = result.stdout
-        # The README's "Greylist less": the DNS lists need dnspython in the environment.
-        run(os.path.join(self.venv, "bin", "pip"), "install", "-q", "dnspython", timeout=600)
+        if self.filter_name:
+            run("filterctl", "start", "pythonfilter")
 
     def _configure_courier(self) -> None:
         """A test host's needs: loopback port, a remote-looking client, no network."""
@@ -228,6 +250,8 @@ class CourierRig:
             handle.write(":[127.0.0.2],9\n")
         run("makesmtpaccess")
         run("makeacceptmailfor")
+
+    def _cut_dns(self) -> None:
         # Courier's own resolver asks the nameservers of /etc/resolv.conf: for the
         # test it asks one on loopback that answers every question "no such domain".
         self.dns = _NxdomainServer()
@@ -245,10 +269,7 @@ class CourierRig:
         run("authdaemond", "start")
         run("courier", "start")
         run("courierfilter", "start")
-        if self.filter_name != "courier_greylist":  # the README's block made it active
-            run("filterctl", "start", "pythonfilter")
         run("esmtpd", "start")
-        self.wait_ready()
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -309,16 +330,10 @@ class CourierRig:
             except smtplib.SMTPException:
                 client.close()
 
-    def restart_filter(self) -> None:
-        """filterctl stop, then start once the old dispatcher has exited (as a person would)."""
-        run("filterctl", "stop", "pythonfilter")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (
-                os.path.exists("/var/lib/courier/allfilters/pythonfilter")
-                or run("pgrep", "-f", "filters/active/pythonfilter", check=False).returncode == 0):
-            time.sleep(0.1)
-        run("filterctl", "start", "pythonfilter")
-        self.wait_ready()
+    def restart_filter(self) -> subprocess.CompletedProcess:
+        """The README's restart block, as written; it must succeed, and the filter then runs
+        (no waiting here: the README's reader would not)."""
+        return run_block("restart")
 
     def restart_courier(self) -> None:
         self._stop_daemons()

@@ -6,8 +6,13 @@ Run with: python -m pytest -m e2e tests/e2e
 
 from __future__ import annotations
 
+import grp
+import os
+import re
+import subprocess
+
 import pytest
-from courier_rig import CourierRig, unavailable
+from courier_rig import ROOT_PATH, CourierRig, run_block, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -21,8 +26,21 @@ def rig():
     courier.close()
 
 
+def test_the_install_block_as_written(rig):
+    """It ends with greylist status: deciding, with the settings it made readable by Courier only."""
+    assert "restarted: the dispatcher runs (pid " in rig.install_output
+    assert "\ngreylist: deciding since " in rig.install_output
+    info = os.stat(rig.config)
+    assert oct(info.st_mode & 0o777) == "0o640" and info.st_uid == 0
+    assert info.st_gid == grp.getgrnam("courier").gr_gid
+    assert os.path.realpath("/usr/local/sbin/greylist") == os.path.join(rig.venv, "bin", "greylist")
+    status = subprocess.run(["greylist", "status"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PATH=ROOT_PATH))
+    assert status.returncode == 0, status.stdout
+    assert f"settings: {rig.config}, unchanged since the start" in status.stdout
+
+
 def test_new_triplet_gets_4xx_at_end_of_data_then_250(rig):
-    assert rig.install_output.rstrip().endswith("the dispatcher would start and decide normally")
     mark = rig.log_mark()
     recipient = rig.address("bob")
     assert rig.send("alice@sender.example", recipient) == (451, GREYLIST)
@@ -85,3 +103,59 @@ def test_dns_lists_through_courier(rig, tmp_path_factory):
     finally:
         lists.stop()
         rig.set_settings("")
+
+
+def set_line(rig, key: str, line: str) -> None:
+    """Edit the settings file as a postmaster would: the line of ``key`` in [greylist.py] becomes ``line``."""
+    with open(rig.config) as handle:
+        text = handle.read()
+    text = re.sub(rf"^{key} = .*\n", "", text, flags=re.MULTILINE)
+    with open(rig.config, "w") as handle:
+        handle.write(text.replace("[greylist.py]\n", f"[greylist.py]\n{line}\n", 1))
+
+
+def test_settings_applied_with_the_documented_command_ten_times_in_a_row(rig):
+    """Each time, the next new triplet gets the new greylist_time in its 451."""
+    try:
+        for n in range(1, 11):
+            set_line(rig, "greylist_time", f"greylist_time = {n * 60}")
+            applied = run_block("restart")
+            assert f"greylisting with the settings of {rig.config}" in applied.stdout
+            assert rig.send(f"ten{n}@sender.example", rig.address(f"ten{n}")) == (
+                451, f"4.7.1 Greylisting in action, please come back in 00:{n:02d}:00")
+    finally:
+        set_line(rig, "greylist_time", "greylist_time = 0")
+        run_block("restart")
+
+
+def test_a_bad_setting_is_refused_and_mail_stays_greylisted(rig):
+    set_line(rig, "learn_only", "learn_only = yes")
+    try:
+        refused = run_block("restart", check=False)
+        assert refused.returncode == 1
+        assert "learn_only: write True (with a capital letter), not yes" in refused.stderr
+        assert "nothing restarted: the running filter keeps its settings" in refused.stderr
+        assert rig.send("bad@sender.example", rig.address("bad")) == (451, GREYLIST)
+    finally:
+        set_line(rig, "learn_only", "learn_only = False")
+        run_block("restart")
+
+
+def test_rollback_to_courier_pythonfilters_module_and_back_greylists_nobody_again(rig):
+    """A triplet pending under this filter passes at its retry under the reference (its journal was
+    folded into the gdbm file as the dispatcher exited), and one pending under the reference passes
+    under this filter.  (Each address gets two messages at most: Courier refuses an address for a
+    while after a delivery to it failed, and deliveries here go to a dead port.)"""
+    ours, theirs = rig.address("rollback-ours"), rig.address("rollback-theirs")
+    assert rig.send("ours@sender.example", ours) == (451, GREYLIST)
+    try:
+        run_block("rollback")
+        status = subprocess.run(["greylist", "status"], capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, PATH=ROOT_PATH))
+        assert status.returncode == 1 and "greylist: not run by this dispatcher" in status.stdout
+        assert rig.send("ours@sender.example", ours)[0] == 250  # the reference found it pending
+        assert rig.send("theirs@sender.example", theirs) == (451, GREYLIST)  # and greylists a new one
+    finally:
+        run_block("return")
+    assert rig.send("theirs@sender.example", theirs)[0] == 250  # this filter found it pending
+    assert rig.send("new@sender.example", rig.address("rollback-new")) == (451, GREYLIST)

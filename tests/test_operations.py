@@ -1,0 +1,189 @@
+"""What a postmaster does every week, off the real Courier (tests/e2e runs them on it):
+status, check-config before a restart, copies between stores, the installed module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from dispatcher import Dispatcher, greylist
+from helpers import write_config, write_control
+
+from greylist.cli.dispatcher_commands import describe
+from greylist.dispatcher_control import Host
+from greylist.settings import load_settings
+from greylist.status import fingerprint
+from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
+from greylist.stores.dbm import DbmStore
+from greylist.transfer import write_entries
+from greylist.whitelist import WhitelistEntryError, build
+
+NOW = 1_800_000_000.0
+
+
+# --- greylist status ----------------------------------------------------------------------
+
+def saved_status(config: str, **changes) -> dict:
+    status = {"pid": 42, "started": NOW - 3700, "state": "deciding", "problem": None,
+              "settings": fingerprint([config]), "store": "dbm.gnu in /var/lib/pythonfilter",
+              "last_decision": NOW - 12, "version": "0.1.0"}
+    status.update(changes)
+    return status
+
+
+def test_status_says_greylisting_is_on_only_when_it_is(tmp_path):
+    config = write_config(str(tmp_path / "m.conf"), str(tmp_path))
+    running = Host(courierfilter=7, dispatchers=[42], active=True, socket=True)
+    on, lines = describe(running, saved_status(config), [config], NOW)
+    assert on
+    assert lines[2].startswith("greylist: deciding since 2027-01-15 06:58:20 UTC (1h 1m ago)")
+    assert f"settings: {config}, unchanged since the start" in lines
+    assert lines[-1] == "last decision: 2027-01-15 07:59:48 UTC (12s ago)"
+    off = [
+        (Host(None), "courierfilter: not running, so no filter runs and mail passes unfiltered"),
+        (Host(7, [], active=False), "pythonfilter: not active, so mail passes unfiltered"),
+        (Host(7, [], active=True), "pythonfilter: active but not running, so mail passes unfiltered"),
+        (Host(7, [42], active=True, socket=False), "but without its socket"),
+        (Host(7, [43], active=True, socket=True), "greylist: not run by this dispatcher"),
+    ]
+    for host, said in off:
+        on, lines = describe(host, saved_status(config), [config], NOW)
+        assert not on and said in lines[-1], lines
+    on, lines = describe(running, saved_status(config, state="not-started", problem="bad"), [config], NOW)
+    assert not on and "greylist: NOT STARTED since" in lines[-1]
+    assert ": bad; every message gets a 451" in lines[-1]
+    before = saved_status(config)
+    with open(config, "a") as handle:
+        handle.write("# edited\n")
+    on, lines = describe(running, before, [config], NOW)
+    assert on and f"settings: {config} CHANGED since the start: greylist check-config, then greylist " \
+                  f"restart applies it" in lines
+
+
+def test_the_real_dispatcher_writes_its_status_and_says_when_it_stopped(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), greylist_time=0)
+    assert greylist("install", "--config", config).returncode == 0
+    dispatcher = Dispatcher(tmp_path, "unused")
+    path = dispatcher.spool.parent / "allfilters" / ".courier-greylist.status"
+    try:
+        assert dispatcher.wait_ready(), dispatcher.output()
+        running = json.loads(path.read_text())
+        dispatcher.send("D1", [write_control(str(dispatcher.spool / "C1"))])
+    finally:
+        dispatcher.stop()
+        greylist("install", "--uninstall")
+    assert running["pid"] == dispatcher.proc.pid and running["state"] == "deciding"
+    assert running["settings"] == fingerprint([config]) and running["store"].endswith(f" in {store}")
+    assert running["last_decision"] is None
+    stopped = json.loads(path.read_text())  # at exit: stopped, with the last decision's time
+    assert stopped["state"] == "stopped" and stopped["last_decision"] > running["started"]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_an_installed_module_whose_package_cannot_be_imported_defers_mail(tmp_path):
+    """A broken installation (the environment removed, a failed upgrade): the dispatcher would
+    stop at the import, make no socket, and Courier would pass mail unfiltered."""
+    target = tmp_path / "pythonfilter"
+    target.mkdir()
+    assert greylist("install", "--config", write_config(str(tmp_path / "m.conf"), str(tmp_path)),
+                    "--target", str(target)).returncode == 0
+    program = (f"import importlib.util as u, sys; sys.modules['greylist'] = None\n"
+               f"s = u.spec_from_file_location('shim', {str(target / 'courier_greylist.py')!r})\n"
+               "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+               "m.initFilter(); print(m.doFilter('', []))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout == "451 4.3.0 Greylisting temporarily unavailable, please try again later\n"
+    assert result.stderr.startswith("greylist: cannot start: cannot load courier-greylist: ")
+    assert result.stderr.endswith("greylist: action=error, reason=not-started\n")
+
+
+# --- check-config, before every restart -------------------------------------------------------
+
+def check_config(config: str) -> subprocess.CompletedProcess:
+    return greylist("check-config", "--config", config)
+
+
+@pytest.mark.parametrize("setting, value", [("auto_whitelist_clients", 3),
+                                            ("match_retry_by_message_id", True)])
+def test_tables_the_dispatcher_makes_at_start_are_no_problem(tmp_path, setting, value):
+    store = tmp_path / "store"
+    store.mkdir()
+    DbmStore(str(store)).close()  # an existing store, without the new feature's table
+    config = write_config(str(tmp_path / "m.conf"), str(store), **{setting: value})
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet: the dispatcher will create it" in result.stdout
+
+
+def test_a_password_every_user_may_read_is_noted(tmp_path):
+    config = tmp_path / "m.conf"
+    config.write_text("[ttldb]\ntype = 'psycopg2'\nhost = '127.0.0.1'\nport = 1\npassword = 'secret'\n"
+                      "timeout = 1\n")
+    config.chmod(0o644)
+    assert f"note: {config} holds the PostgreSQL password and every user may read it" in \
+        check_config(str(config)).stdout
+    config.chmod(0o640)
+    assert "holds the PostgreSQL password" not in check_config(str(config)).stdout
+
+
+# --- copies between stores --------------------------------------------------------------------
+
+def test_a_copy_keeps_the_newer_state_and_twice_changes_nothing(tmp_path):
+    store = DbmStore(str(tmp_path), auto_whitelist=True)
+    with store.transaction() as tx:
+        tx.set(PASSED_TABLE, "a" * 32, 1000)  # passed here; pending in the copy
+        tx.set(NOT_PASSED_TABLE, "b" * 32, 500)  # pending here; passed in the copy
+        tx.set(PASSED_TABLE, "c" * 32, 3000)  # later here than in the copy
+        tx.set_counted(AUTO_WHITELIST_TABLE, "192.0.2.0/24", 2000, 5)
+    copy = [(NOT_PASSED_TABLE, "a" * 32, 2000, None), (PASSED_TABLE, "b" * 32, 400, None),
+            (PASSED_TABLE, "c" * 32, 2000, None), (AUTO_WHITELIST_TABLE, "192.0.2.0/24", 2500, 3)]
+    for _ in range(2):
+        write_entries(store, copy)
+        assert dict(store.items(PASSED_TABLE)) == {"a" * 32: 1000, "b" * 32: 400, "c" * 32: 3000}
+        assert dict(store.items(NOT_PASSED_TABLE)) == {}
+        assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == [("192.0.2.0/24", 2500, 5)]
+    store.close()
+
+
+def test_a_second_migrate_sends_nobody_back_to_waiting(tmp_path):
+    """allow in the destination, the triplet pending in the source: migrate, then its next message passes."""
+    source, destination = tmp_path / "source", tmp_path / "destination"
+    control = write_control(str(tmp_path / "C"))
+    triplet = ["--sender", "alice@example.com", "--recipient", "bob@example.net", "--ip", "192.0.2.10"]
+    assert greylist("check", "--db-dir", str(source), control).returncode == 75
+    assert greylist("migrate", "--db-dir", str(source), "--to-db-dir", str(destination)).returncode == 0
+    assert greylist("allow", "--db-dir", str(destination), *triplet).returncode == 0
+    again = greylist("migrate", "--db-dir", str(source), "--to-db-dir", str(destination))
+    assert again.returncode == 0, again.stderr
+    assert greylist("check", "--db-dir", str(destination), control).returncode == 0  # passes
+
+
+# --- smaller things ---------------------------------------------------------------------
+
+def test_a_client_entry_of_numbers_that_is_no_address_is_refused():
+    for entry in ("300.1.2.3", "192.0.2", "1.2.3.4.5"):
+        with pytest.raises(WhitelistEntryError, match="is not an IP address"):
+            build(clients=[entry])
+
+
+def test_both_spellings_of_a_setting_the_documented_one_wins_and_says_so(tmp_path):
+    for text in ("greylistTime = 10\ngreylist_time = 20\n", "greylist_time = 20\ngreylistTime = 10\n"):
+        (tmp_path / "m.conf").write_text("[greylist.py]\n" + text)
+        warned: list = []
+        assert load_settings([str(tmp_path / "m.conf")], warn=warned.append).greylist_time == 20
+        assert len(warned) == 1 and "sets both" in warned[0] and "greylist_time is used" in warned[0]
+
+
+def test_commands_do_not_repeat_that_a_whitelist_file_does_not_exist_yet(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    later = tmp_path / "later"
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_files=[str(later)])
+    checked = greylist("check", "--config", config, write_control(str(tmp_path / "C")))
+    assert checked.returncode == 75 and "does not exist yet" not in checked.stderr
+    assert f"whitelist file {later}: does not exist yet" in check_config(config).stdout
