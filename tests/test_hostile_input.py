@@ -117,14 +117,12 @@ def test_initfilter_and_check_config_say_one_line_and_never_raise(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     config = write_config(str(tmp_path / "m.conf"), str(store))
-    with open(config, "a") as handle:
-        handle.write("[greylist.py]\n" if False else "")
     text = open(config).read().replace("[greylist.py]\n", "[greylist.py]\ngreylist_time = "
                                        + "+".join(["1"] * 20000) + "\n")
     open(config, "w").write(text)
     started = subprocess.run([sys.executable, "-c", f"import greylist; greylist.initFilter([{config!r}])"],
                              capture_output=True, text=True, timeout=60)
-    assert started.returncode == 1
+    assert started.returncode == 0  # the dispatcher goes on, deferring mail: see test_dispatcher
     assert started.stderr.count("\n") == 1 and "Traceback" not in started.stderr
     assert started.stderr.startswith(f"greylist: cannot start: {config}: [greylist.py] greylist_time: "
                                      f"too deeply nested")
