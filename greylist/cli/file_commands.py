@@ -162,8 +162,7 @@ def command_install(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CommandError(f"cannot write {path}: {error.strerror}") from None
     print(f"installed {path}")
-    print(f"next: list '{name}' in pythonfilter.conf in place of 'greylist', "
-          f"then run: filterctl stop pythonfilter; filterctl start pythonfilter")
+    print(f"next: list '{name}' in pythonfilter.conf in place of 'greylist', then run: greylist restart")
     return EX_OK
 
 
