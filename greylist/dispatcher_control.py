@@ -210,5 +210,8 @@ def _wait_for_start(courierfilter: int, old: List[int], ours: bool, clock, sleep
                 raise ControlError("courierfilter exited while the dispatcher was starting") from None
             signalled = clock()
         sleep(_POLL)
+    if seen and ours:
+        raise ControlError(f"the new dispatcher runs (pid {seen[0]}), but this filter wrote no status in "
+                           f"{START_WAIT:g} s to {status_file.path()}: the mail log says why")
     raise ControlError(f"no dispatcher started within {START_WAIT:g} s (courierfilter's lines in the mail "
                        f"log say why)")

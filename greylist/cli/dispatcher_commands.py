@@ -67,6 +67,10 @@ def describe(host: dispatcher_control.Host, saved: Optional[dict], paths: Sequen
 
 
 def command_status(args: argparse.Namespace) -> int:
+    where = os.path.dirname(status.path())
+    if os.path.isdir(os.path.dirname(where)) and not os.access(where, os.R_OK | os.X_OK):
+        raise CommandError(f"the dispatcher's status is in {where}, Courier's own directory: "
+                           f"run this as root")
     host = dispatcher_control.look()
     ok, lines = describe(host, status.read(), settings_paths(args), time.time())
     for line in lines:

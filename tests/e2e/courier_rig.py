@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ["courier-mta", "rsyslog"]
@@ -29,6 +30,7 @@ PORT = 2525
 BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
 CONFIG = "/etc/pythonfilter-modules.conf"  # the README's: the settings, where courier-pythonfilter reads them
+STORE = "/var/lib/pythonfilter"  # the README's: the store, where courier-pythonfilter keeps it
 _MORE = "# a test's own settings follow"
 # A domain this Courier accepts mail for; deliveries go to a dead loopback port.
 # Courier remembers an address whose delivery failed (/var/lib/courier/track)
@@ -40,7 +42,8 @@ CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/couri
            "/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "/etc/resolv.conf",
            "/etc/pythonfilter.conf",
            "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter",
-           "/usr/local/sbin/greylist", "/var/lib/courier/allfilters/.courier-greylist.status"]
+           "/usr/local/sbin/greylist", "/var/lib/courier/allfilters/.courier-greylist.status",
+           "/var/backups/greylist.jsonl.gz", "/etc/greylist-pg.conf"]
 
 
 def readme_block(name: str) -> str:
@@ -59,9 +62,13 @@ def readme_install_block() -> str:
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def run_block(name: str, check: bool = True, **names: str) -> subprocess.CompletedProcess:
-    """One of the README's blocks, as written (names set at its top replaced by ``names``), in bash -e."""
-    script = []
+def run_block(name: str, check: bool = True, given: Optional[dict] = None,
+              **names: str) -> subprocess.CompletedProcess:
+    """One of the README's blocks, as written (names set at its top replaced by ``names``), in bash -e.
+
+    ``given``: names the reader has from an earlier block (the install block's ``PREFIX``).
+    """
+    script = [f"{key}={value}" for key, value in (given or {}).items()]
     for line in readme_block(name).splitlines():
         key = line.split("=", 1)[0]
         script.append(f"{key}={names.pop(key)}" if key in names and "=" in line else line)
@@ -192,11 +199,15 @@ class CourierRig:
         if self.filter_name == "courier_greylist":
             # The README's install block with its own CONFIG, then the settings of the
             # run applied as the README says a postmaster applies them.
-            self.config = CONFIG
-            result = run_block("install", PREFIX=self.venv, PACKAGE=wheel(), STORE=self.store)
+            self.config, self.store = CONFIG, STORE
+            self.made_store = not os.path.exists(STORE)
+            self.package = wheel()
+            result = run_block("install", PREFIX=self.venv, PACKAGE=self.package)
             self.install_output = result.stdout
-            # The README's "Greylist less": the DNS lists need dnspython in the environment.
+            # The README's "Greylist less": the DNS lists need dnspython in the environment;
+            # its "Several MX hosts": the PostgreSQL driver, with the README's own block.
             run(os.path.join(self.venv, "bin", "pip"), "install", "-q", "dnspython", timeout=600)
+            run_block("driver", given={"PREFIX": self.venv, "PACKAGE": self.package})
             with open(self.config) as handle:
                 installed = handle.read()
             with open(self.config, "w") as handle:
@@ -401,3 +412,5 @@ class CourierRig:
         shutil.rmtree(self.saved, ignore_errors=True)
         if getattr(self, "base", None):
             shutil.rmtree(self.base, ignore_errors=True)
+        if getattr(self, "made_store", False):
+            shutil.rmtree(STORE, ignore_errors=True)

@@ -7,12 +7,15 @@ Run with: python -m pytest -m e2e tests/e2e
 from __future__ import annotations
 
 import grp
+import gzip
+import json
 import os
 import re
 import subprocess
 
 import pytest
 from courier_rig import ROOT_PATH, CourierRig, run_block, unavailable
+from pgserver import PostgresServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -159,3 +162,47 @@ def test_rollback_to_courier_pythonfilters_module_and_back_greylists_nobody_agai
         run_block("return")
     assert rig.send("theirs@sender.example", theirs)[0] == 250  # this filter found it pending
     assert rig.send("new@sender.example", rig.address("rollback-new")) == (451, GREYLIST)
+
+
+def greylist_command(*args: str) -> subprocess.CompletedProcess:
+    """``greylist ARGS`` as root types it."""
+    return subprocess.run(["greylist", *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PATH=ROOT_PATH))
+
+
+def test_the_allow_block_lets_its_triplet_through(rig):
+    result = run_block("allow")
+    assert "allowed: alice@example.com -> bob@example.net from 192.0.2.10" in result.stdout
+    shown = greylist_command("show", "--sender", "alice@example.com", "--recipient", "bob@example.net",
+                             "--ip", "192.0.2.10")
+    assert "bob@example.net: passed; last seen" in shown.stdout, shown.stdout
+
+
+def test_the_backup_block_writes_every_entry_and_reads_them_back(rig):
+    assert rig.send("backup@sender.example", rig.address("backup"))[0] == 451  # something to back up
+    result = run_block("backup")
+    with gzip.open("/var/backups/greylist.jsonl.gz", "rt") as handle:
+        saved = [json.loads(line) for line in handle]
+    assert saved and {entry["store"] for entry in saved} <= {"greylist_Passed", "greylist_NotPassed"}
+    assert f"exported {len(saved):,} entries" in result.stderr
+    assert f"imported {len(saved):,} entries" in result.stderr
+
+
+def test_the_migrate_block_copies_the_store_into_postgresql_twice_without_change(rig, tmp_path):
+    """The database (a server of the test's own) and its [ttldb] in a file of its own, as the
+    README says; then its migrate block, as written, and once more."""
+    server = PostgresServer()
+    try:
+        info = server.conninfo()
+        with open("/etc/greylist-pg.conf", "w") as handle:
+            handle.write("[ttldb]\ntype = 'psycopg2'\n" + "".join(f"{k} = {v!r}\n" for k, v in info.items()))
+        assert rig.send("migrate@sender.example", rig.address("migrate"))[0] == 451
+        first = run_block("migrate")
+        second = run_block("migrate")
+        copied = re.search(r"copied ([\d,]+) entries", first.stderr).group(1)
+        assert int(copied.replace(",", "")) > 0 and f"copied {copied} entries" in second.stderr
+        exported = greylist_command("export", "--config", "/etc/greylist-pg.conf")
+        assert exported.returncode == 0, exported.stderr
+        assert len(exported.stdout.splitlines()) == int(copied.replace(",", ""))
+    finally:
+        server.close()
