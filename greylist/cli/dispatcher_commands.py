@@ -83,6 +83,7 @@ def command_restart(args: argparse.Namespace) -> int:
         raise CommandError("restart runs filterctl and signals courierfilter: run it as root")
     ours = dispatcher_control.runs_module(SHIM_NAME)
     paths = settings_paths(args)
+    checked = status.fingerprint(paths)
     if ours:
         problems = _checked_in_a_child(paths)
         if problems:
@@ -98,6 +99,9 @@ def command_restart(args: argparse.Namespace) -> int:
     if ours and saved is not None and saved.get("state") != "deciding":
         raise CommandError(f"the dispatcher runs (pid {started.pid}), but greylist did not start: "
                            f"{saved.get('problem')}; every message gets a 451 until it is fixed")
+    if ours and saved is not None and saved.get("settings") != checked:
+        print("note: the settings files changed while the dispatcher restarted, or it reads others: "
+              "greylist status says which it runs with", file=sys.stderr)
     running = f"restarted: the dispatcher runs (pid {started.pid})"
     print(running + (f", greylisting with the settings of {', '.join(paths)}" if ours else
                      f", without {SHIM_NAME} (not listed in pythonfilter.conf)"))
