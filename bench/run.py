@@ -553,6 +553,9 @@ def main() -> int:
     parser.add_argument("--flavours", help="comma-separated dbm flavours (default: all this Python has)")
     parser.add_argument("--modes", help="comma-separated modes (default: all)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time box of each measurement")
+    parser.add_argument("--tmpfs", action="store_true",
+                        help="keep both stores on tmpfs (/dev/shm), where fsync costs nothing: only the "
+                             "code counts")
     parser.add_argument("--repeat", type=int, default=None,
                         help="rounds of every measurement (default 3; --quick 1); rows show the median round")
     parser.add_argument("--cap", type=float, default=40.0, help="give up a run after this many seconds")
@@ -598,7 +601,8 @@ def main() -> int:
         modes = [m for m in modes if m in args.modes.split(",")]
     print(f"python {sys.version.split()[0]} ({sys.executable}); flavours {', '.join(flavours)}; "
           f"{os.cpu_count()} cores; {seconds} s per measurement")
-    work = tempfile.mkdtemp(prefix="greylist-bench-")
+    work = tempfile.mkdtemp(prefix="greylist-bench-", dir="/dev/shm" if args.tmpfs else None)
+    print(f"stores in {work} ({'tmpfs' if args.tmpfs else 'the disk of the temporary directory'})")
     try:
         controls = os.path.join(work, "controls")
         for flavour in flavours:

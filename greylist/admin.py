@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from . import policy
-from .filter import GreylistFilter, network_of
+from .filter import GreylistFilter
 from .stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
-from .triplet import IPAddress
+from .triplet import IPAddress, network_of
 
 # Age buckets of the stats histogram: (upper bound in seconds, label).
 AGE_BUCKETS = (
@@ -64,7 +64,7 @@ class TripletState:
             stored = "" if self.state == "unknown" else f" (the store: {self._stored(now)})"
             return f"{self.whitelisted}: its messages pass without greylisting{stored}"
         if self.state == "unknown":
-            return "unknown: the next message is greylisted"
+            return "unknown (never seen, or forgotten)"
         return self._stored(now)
 
     def _stored(self, now: float) -> str:
@@ -93,11 +93,13 @@ class ClientState:
 
 @dataclass
 class Lookup:
-    """What ``greylist show`` reports."""
+    """What ``greylist show`` reports: what the filter would do with the next such message, and why."""
 
     network: str
+    action: str = ""  # the next message's, as the filter would decide it now
+    reason: str = ""
+    reply: str = ""
     triplets: list = field(default_factory=list)
-    whitelist_rule: Optional[str] = None
     client: Optional[ClientState] = None
 
 
@@ -115,62 +117,41 @@ def _state(recipient: str, key: str, stored: policy.StoredState, now: float,
     return TripletState(recipient, key, "unknown")
 
 
-def whitelist_rule(greylist: GreylistFilter, sender: str, recipients: Sequence[str],
-                   address: IPAddress, client_name: Optional[str]) -> Optional[str]:
-    """The whitelist rule that lets this mail through, as the filter would name it."""
-    whitelist = greylist.whitelists.current() if greylist.whitelists is not None else None
-    if whitelist is not None:
-        rule = whitelist.match_client(address, client_name)
-        if rule is not None:
-            return f"whitelisted:client:{rule}"
-    if greylist.smtpaccess is not None and greylist.smtpaccess.is_relay_client(address):
-        return "relayclient"
-    if whitelist is not None:
-        rule = whitelist.match_sender(sender)
-        if rule is not None:
-            return f"whitelisted:sender:{rule}"
-        rules = [whitelist.match_recipient(r) for r in recipients]
-        if rules and all(rules):
-            return f"whitelisted:recipient:{rules[0]}"
-    return None
-
-
 def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], address: IPAddress,
          now: float, client_name: Optional[str] = None) -> Lookup:
-    """The state of each triplet, and of the client network, without changing anything."""
-    settings = greylist.settings
-    keys = greylist.triplet_keys(sender, recipients, address)
-    lookup = Lookup(network=network_of(address, settings.ipv4_prefix if address.version == 4
-                                       else settings.ipv6_prefix))
-    lookup.whitelist_rule = whitelist_rule(greylist, sender.lower(), recipients, address, client_name)
-    client_key = greylist.client_key(address)
-    with greylist.store.transaction() as tx:
-        tx.lock_and_load(keys, (client_key,) if client_key else ())
-        for recipient, key in zip(recipients, keys):
-            stored = policy.StoredState(not_passed=tx.get(NOT_PASSED_TABLE, key),
-                                        passed=tx.get(PASSED_TABLE, key))
-            lookup.triplets.append(_state(recipient, key, stored, now, greylist.timing))
-        if client_key is not None:
-            record = tx.get_counted(AUTO_WHITELIST_TABLE, client_key)
-            lookup.client = ClientState(client_key, settings.auto_whitelist_clients)
-            if record is not None and policy._live(record[0], settings.senders_passed_ttl, now):
-                lookup.client.last_seen, lookup.client.passes = record
-                lookup.client.whitelisted = policy.auto_whitelisted(
-                    record, now, settings.senders_passed_ttl, settings.auto_whitelist_clients)
-    whitelist = greylist.whitelists.current() if greylist.whitelists is not None else None
-    for triplet in lookup.triplets:
-        recipient_rule = whitelist.match_recipient(triplet.recipient) if whitelist is not None else None
-        triplet.whitelisted = (lookup.whitelist_rule
-                               or (f"whitelisted:recipient:{recipient_rule}" if recipient_rule else None)
-                               or ("auto-whitelisted" if lookup.client and lookup.client.whitelisted
-                                   else None))
+    """What the filter would do with a message from ``sender`` to ``recipients`` from ``address``:
+    the same rules, asked the same way (DNS lists included), writing nothing."""
+    settings, rules = greylist.settings, greylist.rules
+    facts = greylist.exemptions.facts_for(sender, recipients, str(address), client_name)
+    step = policy.decide_message(facts, None, now, rules)
+    if step is policy.ASK_DNS_LISTS:
+        facts = facts._replace(standing=greylist.exemptions.standing(facts))
+        step = policy.decide_message(facts, None, now, rules)
+    lookup = Lookup(network=network_of(address, settings.ipv4_prefix, settings.ipv6_prefix))
+    with greylist.store.transaction() as tx:  # read only: nothing is written
+        every = greylist.read_stored(tx, facts, recipients)
+        if isinstance(step, policy.ReadStore):
+            step = policy.decide_message(facts, greylist.read_stored(tx, facts, step.recipients), now, rules)
+    lookup.action, lookup.reason, lookup.reply = step.action, step.reason, step.reply
+    rules_of = facts.recipient_rules or (None,) * len(recipients)
+    for recipient, key, rule in zip(recipients, every.keys, rules_of):
+        triplet = _state(recipient, key, every.triplets[key], now, rules.timing)
+        triplet.whitelisted = f"whitelisted:recipient:{rule}" if rule else None
+        lookup.triplets.append(triplet)
+    if every.client_key is not None:
+        record = every.client
+        lookup.client = ClientState(every.client_key, settings.auto_whitelist_clients)
+        if record is not None and policy._live(record[0], settings.senders_passed_ttl, now):
+            lookup.client.last_seen, lookup.client.passes = record
+            lookup.client.whitelisted = policy.auto_whitelisted(
+                record, now, settings.senders_passed_ttl, settings.auto_whitelist_clients)
     return lookup
 
 
 def allow(greylist: GreylistFilter, sender: str, recipients: Sequence[str], address: IPAddress,
           now: float) -> list:
     """Let the triplets through from now on (as if they had passed); returns their keys."""
-    keys = greylist.triplet_keys(sender, recipients, address)
+    keys = greylist.keys.triplets(sender, recipients, address)
     with greylist.store.transaction() as tx:
         tx.lock_and_load(keys)
         for key in keys:
@@ -182,7 +163,7 @@ def allow(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addr
 def delete(greylist: GreylistFilter, sender: str, recipients: Sequence[str],
            address: IPAddress) -> int:
     """Forget the triplets; returns how many entries there were."""
-    keys = greylist.triplet_keys(sender, recipients, address)
+    keys = greylist.keys.triplets(sender, recipients, address)
     found = 0
     with greylist.store.transaction() as tx:
         tx.lock_and_load(keys)

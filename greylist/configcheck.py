@@ -13,7 +13,7 @@ import ipaddress
 import os
 from typing import Callable, List, Optional, Sequence
 
-from .filter import open_lists, open_reputation
+from .exemptions import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, directory_problem, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from . import policy
@@ -29,58 +29,66 @@ def log_safe(value: object, limit: int = 200) -> str:
 
 @dataclass
 class Verdict:
-    """The outcome for one message: the reply and why."""
+    """A message's decision, with what the decision line says of the message."""
 
-    reply: str
-    action: str  # pass | greylist | whitelist | learn | error
-    reason: str
-    sender: Optional[str] = None
-    client_address: Optional[str] = None
-    client_name: Optional[str] = None
-    recipients: list = field(default_factory=list)
-    decision: Optional[policy.Decision] = None
-    error: Optional[str] = None
+    decision: policy.Decision
+    facts: Optional[policy.Facts] = None  # None: the control files could not be read
     spf_domain: Optional[str] = None  # the triplets were keyed by this SPF-passed domain
-    whitelisted_recipients: int = 0  # recipients left out of greylisting by a whitelist
-    reputation: Optional[Reputation] = None  # DNS lists and name, when the settings ask
     message_id: Optional[str] = None  # with match_retry_by_message_id
+    error: Optional[str] = None
+
+    @property
+    def reply(self) -> str:
+        return self.decision.reply
+
+    @property
+    def action(self) -> str:
+        return self.decision.action
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
+
+    @property
+    def reputation(self) -> Optional[Reputation]:
+        return self.facts.standing if self.facts is not None else None
 
     def log_line(self) -> str:
         # Written for every message: one string built up, no intermediate list.
         safe = log_safe
-        line = f"greylist: action={self.action}, reason={safe(self.reason)}"
-        if self.action == "learn":
+        decision = self.decision
+        line = f"greylist: action={decision.action}, reason={safe(decision.reason)}"
+        if decision.action == "learn":
             line += ", would=greylist"
-        if self.client_address is not None:
-            line += f", client_address={safe(self.client_address)}"
-        if self.client_name:
-            line += f", client_name={safe(self.client_name)}"
-        if self.sender is not None:
-            line += f", sender={safe(self.sender)}"
-        recipients = self.recipients
-        if recipients:
-            line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
-            if len(recipients) > 5:
-                line += f",+{len(recipients) - 5}"
+        facts = self.facts
+        if facts is not None:
+            if facts.client_ip is not None:
+                line += f", client_address={safe(facts.client_ip)}"
+            if facts.client_name:
+                line += f", client_name={safe(facts.client_name)}"
+            if facts.sender is not None:
+                line += f", sender={safe(facts.sender)}"
+            recipients = facts.recipients
+            if recipients:
+                line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
+                if len(recipients) > 5:
+                    line += f",+{len(recipients) - 5}"
         if self.spf_domain:
             line += f", spf_domain={safe(self.spf_domain)}"
-        if self.whitelisted_recipients:
-            line += f", whitelisted_recipients={self.whitelisted_recipients}"
+        if decision.whitelisted_recipients:
+            line += f", whitelisted_recipients={decision.whitelisted_recipients}"
         reputation = self.reputation
         if reputation is not None:
             if reputation.dnsbl:
                 line += f", dnsbl={reputation.dnsbl}"
             if reputation.dns_failed:
                 line += ", dns=timeout"
-            if self.action in ("greylist", "learn") and reputation.suspicious not in (None, "dnsbl"):
+            if decision.action in ("greylist", "learn") and reputation.suspicious not in (None, "dnsbl"):
                 line += f", suspicious={reputation.suspicious}"
-        decision = self.decision
-        if decision is not None:
-            if not decision.accept:
-                line += f", wait={policy.format_wait(decision.wait)}"
-            delays = [o.pending_for for o in decision.outcomes if o.pending_for is not None]
-            if delays:
-                line += f", delay={int(max(delays))}"
+        if decision.wait is not None:
+            line += f", wait={policy.format_wait(decision.wait)}"
+        if decision.delay is not None:
+            line += f", delay={int(decision.delay)}"
         if self.error:
             line += f", error={safe(self.error, 300)}"
         return line

@@ -8,13 +8,13 @@ optional drawing with matplotlib.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
 from .extras import install_hint
+from .triplet import InvalidClientAddress, network_of, parse_client_ip
 
 MARKER = "greylist: action="
 
@@ -53,13 +53,9 @@ def parse_line(line: str) -> Optional[dict]:
 def client_network(text: str, ipv4_prefix: int = 24, ipv6_prefix: int = 48) -> str:
     """The network of a logged client address, in CIDR notation (the text itself if not an IP)."""
     try:
-        address = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
+        return network_of(parse_client_ip(text), ipv4_prefix, ipv6_prefix)
+    except InvalidClientAddress:
         return text
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = ipv4_prefix if address.version == 4 else ipv6_prefix
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 @dataclass

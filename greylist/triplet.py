@@ -74,14 +74,15 @@ def client_network(address: IPAddress, ipv4_prefix: int = 24, ipv6_prefix: int =
 
 @functools.lru_cache(maxsize=4096)
 def _client_network(address: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
-    if isinstance(address, ipaddress.IPv4Address):
-        if ipv4_prefix == 24:
-            exploded = address.exploded
-            return exploded[: exploded.rindex(".")]
-        return str(ipaddress.ip_network(f"{address}/{ipv4_prefix}", strict=False))
-    if ipv6_prefix == 48:
+    if isinstance(address, ipaddress.IPv6Address) and ipv6_prefix == 48:
         return address.exploded[:14]
-    return str(ipaddress.ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    return network_of(address, ipv4_prefix, ipv6_prefix)
+
+
+def network_of(address: IPAddress, ipv4_prefix: int = 24, ipv6_prefix: int = 48) -> str:
+    """The client's network in CIDR notation (``192.0.2.0/24``): the auto-whitelist's key, the report's."""
+    prefix = ipv4_prefix if address.version == 4 else ipv6_prefix
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def triplet_key(sender: str, recipient: str, network: str) -> str:

@@ -290,14 +290,15 @@ def test_show_allow_delete_as_a_user_types_them(tmp_path):
 
     covered = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
                   "postmaster@example.net", "--ip", "203.0.113.1")
-    assert "whitelist: whitelisted:recipient:postmaster@" in covered.stdout
+    assert "the next message: whitelist (whitelisted:recipient:postmaster@), accepted" in covered.stdout
     assert ("postmaster@example.net: whitelisted:recipient:postmaster@: its messages pass without "
-            "greylisting") in covered.stdout and "next message is greylisted" not in covered.stdout
+            "greylisting") in covered.stdout
     mixed = run("show", "--config", config, "--sender", "x@example.org", "--recipient",
                 "postmaster@example.net", "--recipient", "carol@example.net", "--ip", "203.0.113.1")
-    assert "whitelist:" not in mixed.stdout  # not for the message: carol still waits
+    assert ("the next message: greylist (new), reply: 451 4.7.1 Greylisting in action, please come "
+            "back in 00:05:00") in mixed.stdout  # carol still waits
     assert "postmaster@example.net: whitelisted:recipient:postmaster@" in mixed.stdout
-    assert "carol@example.net: unknown: the next message is greylisted" in mixed.stdout
+    assert "carol@example.net: unknown (never seen, or forgotten)" in mixed.stdout
     bad_ip = run("show", "--config", config, "--sender", "a@b", "--recipient", "c@d", "--ip", "nope")
     assert bad_ip.returncode == 1 and "not an IP address" in bad_ip.stderr
     assert run("allow", "--config", config, "--sender", "a@b").returncode == 2  # usage

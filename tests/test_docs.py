@@ -38,7 +38,8 @@ def _literal_words(node: ast.AST) -> list:
 
 
 def reasons_in_code() -> set:
-    """Every reason= value the filter can log, read from its source."""
+    """Every reason= value the filter can log, read from its source: ``reason=`` in log text, the
+    ``reason=`` keyword of a call (a Decision), and what a variable named ``reason`` is given."""
     found = set()
     for name in os.listdir(os.path.join(ROOT, "greylist")):
         if not name.endswith(".py"):
@@ -46,16 +47,10 @@ def reasons_in_code() -> set:
         source = _read("greylist", name)
         found.update(re.findall(r"reason=([a-z][a-z-]+)", source))
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Assign):
-                for target in node.targets:
-                    names = target.elts if isinstance(target, ast.Tuple) else [target]
-                    values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-                    for each, value in zip(names, values):
-                        if isinstance(each, ast.Attribute) and each.attr == "reason":
-                            found.update(_literal_words(value))
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Verdict"
-                    and len(node.args) >= 3):
-                found.update(_literal_words(node.args[2]))
+            if isinstance(node, ast.keyword) and node.arg == "reason":
+                found.update(_literal_words(node.value))
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "reason" for t in node.targets):
+                found.update(_literal_words(node.value))
     return found
 
 

@@ -264,7 +264,7 @@ def test_ipv6_clients_share_a_triplet_within_ipv6_prefix_only(env, ipv6_prefix, 
 
 def test_ipv6_triplet_keys_are_the_references(env):
     f = env.filter()
-    key = f.triplet_keys("alice@example.com", ["bob@example.net"], ipaddress.ip_address("2001:db8:1::1"))
+    key = f.keys.triplets("alice@example.com", ["bob@example.net"], ipaddress.ip_address("2001:db8:1::1"))
     assert key == [hashlib.md5(b"alice@example.combob@example.net2001:0db8:0001").hexdigest()]
 
 

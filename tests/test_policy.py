@@ -2,64 +2,67 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greylist import policy
-from greylist.policy import NOT_PASSED, PASSED, StoredState, Timing, Write, decide, format_wait
+from greylist.policy import StoredState, Timing, Write, decide_triplets, format_wait
+from greylist.tables import MESSAGE_ID_TABLE
+from greylist.tables import NOT_PASSED_TABLE as NOT_PASSED
+from greylist.tables import PASSED_TABLE as PASSED
 
 NOW = 1_790_000_000.5
 T = Timing(greylist_time=300, passed_ttl=36 * 86400, not_passed_ttl=86400)
 
 
 def test_new_triplet_waits_and_is_recorded():
-    d = decide(["k"], {}, NOW, T)
+    d = decide_triplets(["k"], {}, NOW, T)
     assert not d.accept and d.wait == 300
     assert d.writes == [Write(NOT_PASSED, "k", int(NOW))]
     assert [o.reason for o in d.outcomes] == ["new"]
 
 
 def test_early_retry_waits_the_rest():
-    d = decide(["k"], {"k": StoredState(not_passed=NOW - 100)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(not_passed=NOW - 100)}, NOW, T)
     assert not d.accept and abs(d.wait - 200) < 1e-9 and d.writes == []
 
 
 def test_retry_after_delay_moves_to_passed():
-    d = decide(["k"], {"k": StoredState(not_passed=NOW - 300)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(not_passed=NOW - 300)}, NOW, T)
     assert d.accept
     assert d.writes == [Write(PASSED, "k", int(NOW)), Write(NOT_PASSED, "k", None)]
     assert d.outcomes[0].reason == "passed" and d.outcomes[0].pending_for == 300
 
 
 def test_known_triplet_is_refreshed():
-    d = decide(["k"], {"k": StoredState(passed=NOW - 5000)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(passed=NOW - 5000)}, NOW, T)
     assert d.accept and d.writes == [Write(PASSED, "k", int(NOW))]
 
 
 def test_one_unknown_recipient_greylists_the_message_with_longest_wait():
     stored = {"a": StoredState(passed=NOW - 10), "b": StoredState(not_passed=NOW - 250)}
-    d = decide(["a", "b", "c"], stored, NOW, T)
+    d = decide_triplets(["a", "b", "c"], stored, NOW, T)
     assert not d.accept and d.wait == 300
     assert [o.reason for o in d.outcomes] == ["known", "early-retry", "new"]
 
 
 def test_repeated_triplet_sees_earlier_write_like_reference():
     # greylist_time 0: the second occurrence passes what the first recorded.
-    d = decide(["k", "k"], {}, NOW, Timing(greylist_time=0))
+    d = decide_triplets(["k", "k"], {}, NOW, Timing(greylist_time=0))
     assert not d.accept and d.wait == 0
     assert [o.reason for o in d.outcomes] == ["new", "passed"]
 
 
 def test_expired_entries_count_as_unknown():
     stale = {"k": StoredState(not_passed=NOW - 86400 - 1)}
-    assert [o.reason for o in decide(["k"], stale, NOW, T).outcomes] == ["new"]
+    assert [o.reason for o in decide_triplets(["k"], stale, NOW, T).outcomes] == ["new"]
     old = {"k": StoredState(passed=NOW - 36 * 86400 - 1)}
-    assert [o.reason for o in decide(["k"], old, NOW, T).outcomes] == ["new"]
+    assert [o.reason for o in decide_triplets(["k"], old, NOW, T).outcomes] == ["new"]
 
 
 def test_future_timestamp_never_waits_longer_than_greylist_time():
-    d = decide(["k"], {"k": StoredState(not_passed=NOW + 10 * 86400)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(not_passed=NOW + 10 * 86400)}, NOW, T)
     assert not d.accept and d.wait == 300
 
 
 def test_tombstone_zero_is_absent():
-    d = decide(["k"], {"k": StoredState(not_passed=0.0, passed=0.0)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(not_passed=0.0, passed=0.0)}, NOW, T)
     assert d.outcomes[0].reason == "new"
 
 
@@ -84,7 +87,7 @@ def test_reply_template():
 
 def _apply(store: dict, decision) -> None:
     for write in decision.writes:
-        table = store.setdefault(write.store, {})
+        table = store.setdefault(write.table, {})
         if write.timestamp is None:
             table.pop(write.key, None)
         else:
@@ -93,17 +96,17 @@ def _apply(store: dict, decision) -> None:
 
 def _attempt(store: dict, now: float, timing: Timing = T):
     stored = {"k": StoredState(store.get(NOT_PASSED, {}).get("k"), store.get(PASSED, {}).get("k"))}
-    decision = decide(["k"], stored, now, timing)
+    decision = decide_triplets(["k"], stored, now, timing)
     _apply(store, decision)
     return decision
 
 
 def test_a_pending_time_from_a_clock_that_was_ahead_is_written_back_as_now():
-    d = decide(["k"], {"k": StoredState(not_passed=NOW + 86400)}, NOW, T)
+    d = decide_triplets(["k"], {"k": StoredState(not_passed=NOW + 86400)}, NOW, T)
     assert not d.accept and d.wait == 300 and [o.reason for o in d.outcomes] == ["early-retry"]
     assert d.writes == [Write(NOT_PASSED, "k", int(NOW))]
     # a past one is left as it is (the reference's rule)
-    assert decide(["k"], {"k": StoredState(not_passed=NOW - 10)}, NOW, T).writes == []
+    assert decide_triplets(["k"], {"k": StoredState(not_passed=NOW - 10)}, NOW, T).writes == []
 
 
 def test_a_day_ahead_then_corrected_costs_one_greylist_time_not_a_day():
@@ -160,19 +163,19 @@ def test_on_a_clock_that_never_goes_back_nothing_is_rewritten(steps):
     for step in steps:
         now += step
         stored = {"k": StoredState(store.get(NOT_PASSED, {}).get("k"), store.get(PASSED, {}).get("k"))}
-        decision = decide(["k"], stored, now, T)
+        decision = decide_triplets(["k"], stored, now, T)
         if any(o.reason == "early-retry" for o in decision.outcomes):
             assert decision.writes == []  # the reference writes nothing for an early retry
         _apply(store, decision)
 
 
 def test_a_message_id_time_from_a_clock_that_was_ahead_is_written_back_as_now():
-    d = decide(["k"], {}, NOW, T)
+    d = decide_triplets(["k"], {}, NOW, T)
     retried = policy.retried_by_message_id(d, {"k": "m"}, {"m": NOW + 86400}, NOW, T)
     assert not retried.accept and retried.wait == 300
-    assert Write(policy.MESSAGE_ID, "m", int(NOW)) in retried.writes
+    assert Write(MESSAGE_ID_TABLE, "m", int(NOW)) in retried.writes
     past = policy.retried_by_message_id(d, {"k": "m"}, {"m": NOW - 10}, NOW, T)
-    assert not [w for w in past.writes if w.store == policy.MESSAGE_ID]
+    assert not [w for w in past.writes if w.table == MESSAGE_ID_TABLE]
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,6 +188,6 @@ def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known,
     keys = list(stored) + [f"n{n}" for n in range(new)]
     seed.shuffle(keys)
     waits = list(left) + [300] * new
-    d = decide(keys, stored, NOW, T)
+    d = decide_triplets(keys, stored, NOW, T)
     assert d.accept == (not waits)
     assert d.wait == (max(waits) if waits else 0)

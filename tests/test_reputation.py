@@ -328,5 +328,6 @@ def test_a_query_name_dns_cannot_carry_counts_as_no_answer(env, rbldnsd):
     zone = ".".join(["a" * 59, "b" * 59, "c" * 59])  # 179 characters: accepted
     e = env(dnsbl_zones=(zone,), dns_servers=(("127.0.0.1", rbldnsd.port),))
     assert e.send(BL_V6) == WAIT_5
-    too_long = e.filter.reputation.lists.lookup(ipaddress.ip_address(BL_V6), ["d" * 63 + "." + zone])
+    lists = e.filter.exemptions.reputation.lists
+    too_long = lists.lookup(ipaddress.ip_address(BL_V6), ["d" * 63 + "." + zone])
     assert [answer.result for answer in too_long] == ["error"]

@@ -110,15 +110,15 @@ def test_auto_whitelist_rule():
     assert policy.auto_whitelisted((now - 10, 3), now, ttl, 3)
     assert not policy.auto_whitelisted((now - 1001, 30), now, ttl, 3)  # silent too long
     assert not policy.auto_whitelisted((now, 30), now, ttl, 0)  # off
-    passed = policy.Decision(True, 0, outcomes=[policy.Outcome("k1", "passed"),
+    passed = policy.TripletDecision(True, 0, outcomes=[policy.Outcome("k1", "passed"),
                                                 policy.Outcome("k1", "passed"),
                                                 policy.Outcome("k2", "passed")])
     assert policy.client_record_after(None, passed, now, ttl) == (int(now), 2)
     assert policy.client_record_after((now - 2000, 5), passed, now, ttl) == (int(now), 2)  # expired
-    known = policy.Decision(True, 0, outcomes=[policy.Outcome("k", "known")])
+    known = policy.TripletDecision(True, 0, outcomes=[policy.Outcome("k", "known")])
     assert policy.client_record_after(None, known, now, ttl) is None
     assert policy.client_record_after((now - 5, 1), known, now, ttl) == (int(now), 1)
-    refused = policy.Decision(False, 300, outcomes=[policy.Outcome("k", "new", 300)])
+    refused = policy.TripletDecision(False, 300, outcomes=[policy.Outcome("k", "new", 300)])
     assert policy.client_record_after((now - 5, 1), refused, now, ttl) is None
     assert policy.client_record_after((now - 5, 4), None, now, ttl) == (int(now), 4)
 

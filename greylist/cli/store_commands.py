@@ -106,8 +106,8 @@ def command_show(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(lookup), indent=2))
         return EX_OK
     print(f"client network {lookup.network}, sender {args.sender}")
-    if lookup.whitelist_rule:
-        print(f"whitelist: {lookup.whitelist_rule} (never greylisted)")
+    print(f"the next message: {lookup.action} ({lookup.reason})"
+          + (f", reply: {lookup.reply}" if lookup.reply else ", accepted"))
     if lookup.client is not None:
         client = lookup.client
         if client.last_seen is None:

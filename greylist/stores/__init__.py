@@ -10,22 +10,20 @@ from __future__ import annotations
 import abc
 import math
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-# The reference's store names: dbm file names and SQL table names.
-PASSED_TABLE = "greylist_Passed"
-NOT_PASSED_TABLE = "greylist_NotPassed"
-TABLES = (PASSED_TABLE, NOT_PASSED_TABLE)
-# Ours, opened only when auto-whitelisting is on (or the table already exists):
-# client network (CIDR text) -> last seen and how many triplets of it passed.
-AUTO_WHITELIST_TABLE = "greylist_AutoWhitelist"
-# Ours, opened only with match_retry_by_message_id (or when it exists): a
-# digest of sender, recipient and Message-ID -> when the message was first greylisted.
-MESSAGE_ID_TABLE = "greylist_MessageID"
-ALL_TABLES = TABLES + (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE)
+from ..tables import (  # noqa: F401  (the stores' own vocabulary, imported from here too)
+    ALL_TABLES,
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    NOT_PASSED_TABLE,
+    PASSED_TABLE,
+    TABLES,
+)
+
 # [ttldb] type values meaning PostgreSQL: the reference's driver names, and ours.
 POSTGRES_TYPES = ("psycopg2", "pg", "postgresql")
 
@@ -116,6 +114,16 @@ class Transaction(abc.ABC):
     def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
         """Store a time and a count under key in a counted table."""
         raise StoreError(f"{table} holds no counted values")
+
+    def write(self, writes: Iterable) -> None:
+        """Apply a decision's writes: each ``(table, key, timestamp or None to delete, count)``."""
+        for table, key, timestamp, count in writes:
+            if count is not None:
+                self.set_counted(table, key, timestamp, count)
+            elif timestamp is None:
+                self.delete(table, key)
+            else:
+                self.set(table, key, timestamp)
 
 
 class Store(abc.ABC):
