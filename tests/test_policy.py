@@ -1,3 +1,6 @@
+import os
+
+from helpers import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -191,3 +194,122 @@ def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known,
     d = decide_triplets(keys, stored, NOW, T)
     assert d.accept == (not waits)
     assert d.wait == (max(waits) if waits else 0)
+
+
+# --- the whole decision: decide_message ------------------------------------------------------
+
+import ipaddress  # noqa: E402
+import re  # noqa: E402
+
+from greylist.policy import ASK_DNS_LISTS, Facts, ReadStore, Rules, Stored, decide_message  # noqa: E402
+from greylist.tables import AUTO_WHITELIST_TABLE  # noqa: E402
+
+ADDRESS = ipaddress.ip_address("192.0.2.10")
+RULES = Rules(timing=T, auto_whitelist_clients=1)
+
+
+class Answers:
+    """A client's standing on the DNS lists (reputation.Reputation's shape)."""
+
+    def __init__(self, dnswl=None, dnsbl=None, suspicious=None):
+        self.dnswl, self.dnsbl, self.suspicious = dnswl, dnsbl, suspicious
+
+
+def decided(facts: Facts, stored=None, now=NOW, rules=RULES):
+    """decide_message, answering its requests as the filter does (the store: ``stored``)."""
+    step = decide_message(facts, None, now, rules)
+    if isinstance(step, ReadStore):
+        step = decide_message(facts, stored or Stored(("k",), {}), now, rules)
+    return step
+
+
+def test_the_rules_apply_in_the_order_docs_policy_md_lists_them():
+    """Every rule applies to this message; switching off the one that decided each time walks the
+    rules in their order, which must be the document's."""
+    facts = Facts("a@example.com", ("b@example.net",), "192.0.2.10", ADDRESS, authenticated=True,
+                  client_rule="192.0.2.0/24", relay_client=True, sender_rule="@example.com",
+                  recipient_rules=("b@example.net",), opted_in=(False,), dns_lists=True,
+                  standing=Answers(dnswl="wl.example"))
+    stored = Stored(("k",), {}, client_key="192.0.2.0/24", client=(NOW - 10, 5))
+    switches = [dict(authenticated=False), dict(client_rule=None), dict(relay_client=False),
+                dict(sender_rule=None), dict(recipient_rules=()), dict(opted_in=None),
+                dict(standing=Answers())]
+    order = [decided(facts, stored).reason]
+    for switch in switches:
+        facts = facts._replace(**switch)
+        order.append(decided(facts, stored).reason)
+    order.append(decided(facts, stored._replace(client=None)).reason)
+    documented = open(os.path.join(REPO, "docs", "policy.md")).read().split("## The order of the rules")[1]
+    listed = re.findall(r"^\d+\. (.*?)(?=^\d+\. |^## |\Z)", documented, re.MULTILINE | re.DOTALL)
+    names = [re.split(r"[:<]", reason)[0] for reason in order]
+    assert len(listed) == len(names)
+    for item, name in zip(listed, names):
+        assert f"`{name}" in item, (name, item[:80])
+
+
+def test_the_requests_come_in_the_rules_order():
+    facts = Facts("a@example.com", ("b@example.net",), "192.0.2.10", ADDRESS, dns_lists=True)
+    assert decide_message(facts, None, NOW, RULES) == ASK_DNS_LISTS
+    listed = facts._replace(standing=Answers(dnsbl="bl.example"))
+    request = decide_message(listed, None, NOW, RULES)
+    assert request == ReadStore(("b@example.net",), Timing(1800, T.passed_ttl, T.not_passed_ttl))
+    assert decide_message(facts._replace(client_rule="x"), None, NOW, RULES).reason == "whitelisted:client:x"
+
+
+recipients_strategy = st.lists(st.sampled_from(["a@x.example", "b@x.example", "c@y.example", "d@y.example"]),
+                               min_size=1, max_size=4, unique=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(recipients=recipients_strategy, data=st.data())
+def test_the_same_facts_in_any_order_give_the_same_decision(recipients, data):
+    states = {r: data.draw(st.sampled_from([StoredState(), StoredState(NOW - 100), StoredState(NOW - 400),
+                                            StoredState(None, NOW - 50)])) for r in recipients}
+    whitelisted = {r: data.draw(st.sampled_from([None, "@y.example"])) if r.endswith("y.example") else None
+                   for r in recipients}
+    order = data.draw(st.permutations(recipients))
+
+    def decision(recipients_in_order):
+        rules = tuple(whitelisted[r] for r in recipients_in_order)
+        facts = Facts("s@example.com", tuple(recipients_in_order), "192.0.2.10", ADDRESS,
+                      recipient_rules=rules if any(rules) else ())
+        step = decide_message(facts, None, NOW, RULES)
+        if isinstance(step, ReadStore):
+            step = decide_message(facts, Stored(step.recipients, {r: states[r] for r in step.recipients}),
+                                  NOW, RULES)
+        return step.action, step.reason, step.wait, sorted(step.writes), step.whitelisted_recipients
+
+    assert decision(recipients) == decision(order)
+
+
+@settings(max_examples=200, deadline=None)
+@given(recipients=recipients_strategy, data=st.data())
+def test_writes_applied_and_decided_again_never_greylist_what_just_passed(recipients, data):
+    """And the reply carries the longest wait of the triplets, retries by Message-ID counted."""
+    states = {r: data.draw(st.sampled_from([StoredState(), StoredState(NOW - 100), StoredState(NOW - 400),
+                                            StoredState(None, NOW - 50), StoredState(NOW + 999)]))
+              for r in recipients}
+    messages = {r: data.draw(st.sampled_from([None, NOW - 500, NOW - 10])) for r in recipients}
+    facts = Facts("s@example.com", tuple(recipients), "192.0.2.10", ADDRESS)
+    stored = Stored(tuple(recipients), states, message_keys={r: "m" + r for r in recipients},
+                    messages={"m" + r: messages[r] for r in recipients})
+    first = decide_message(facts, stored, NOW, RULES)
+    waits = [o.wait for o in first.outcomes if o.reason in ("new", "early-retry")]
+    assert first.wait == (max(waits) if waits else None)
+    assert (first.action == "greylist") == bool(waits)
+    table: dict = {r: [s.not_passed, s.passed] for r, s in states.items()}
+    for write in first.writes:
+        if write.table in (PASSED, NOT_PASSED) and write.key in table:
+            table[write.key][write.table == PASSED] = write.timestamp
+    again = decide_message(facts, stored._replace(triplets={r: StoredState(*v) for r, v in table.items()}),
+                           NOW, RULES)
+    passed = {o.key for o in first.outcomes if o.reason in ("passed", "known", "retry-by-message-id")}
+    assert all(o.reason == "known" for o in again.outcomes if o.key in passed)
+
+
+def test_an_auto_whitelisted_network_is_refreshed_and_its_triplets_untouched():
+    facts = Facts("a@example.com", ("b@example.net",), "192.0.2.10", ADDRESS)
+    stored = Stored(("k",), {}, client_key="192.0.2.0/24", client=(NOW - 10, 3))
+    decision = decided(facts, stored)
+    assert (decision.action, decision.reason) == ("whitelist", "auto-whitelisted")
+    assert decision.writes == [Write(AUTO_WHITELIST_TABLE, "192.0.2.0/24", int(NOW), 3)]

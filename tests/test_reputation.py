@@ -227,6 +227,30 @@ def test_check_explain_shows_the_dns_answers(tmp_path, rbldnsd):
     assert f"  rule: listed on the DNSBL {BL}: dnsbl_greylist_time applies\n" in result.stderr
 
 
+def test_show_says_what_the_filter_does_with_a_client_on_the_lists(tmp_path, rbldnsd):
+    """greylist show asks the DNS lists as the filter does: a DNSWL client passes, a DNSBL one waits
+    dnsbl_greylist_time, and a suspicious-only filter lets a clean client through."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), dnsbl_zones=[BL], dnswl_zones=[WL],
+                          dns_servers=[rbldnsd.server], greylist_clients="suspicious")
+    assert subprocess.run(greylist_command("check", "--config", config, write_control(str(tmp_path / "C"))),
+                          capture_output=True, timeout=60).returncode in (0, 75)  # a store to show
+
+    def show(ip: str, name: str = "mx.example.org") -> str:
+        result = subprocess.run(greylist_command("show", "--config", config, "--sender", "s@example.com",
+                                                 "--recipient", "r@example.net", "--ip", ip,
+                                                 "--client-name", name),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert f"the next message: pass (dnswl:{WL}), accepted" in show(WL_V4)
+    assert "the next message: greylist (new), reply: " + WAIT_30 in show(BL_V4)
+    assert "the next message: pass (not-suspicious), accepted" in show(UNLISTED_V4)
+    assert "the next message: greylist (new), reply: " + WAIT_5 in show(UNLISTED_V4, "softdnserr")
+
+
 # --- greylist_clients = 'suspicious' --------------------------------------------------
 
 
