@@ -13,6 +13,7 @@ import ipaddress
 import os
 from typing import Callable, List, Optional, Sequence
 
+from .errors import GreylistError
 from .exemptions import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, directory_problem, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
@@ -155,7 +156,7 @@ def _check_lists(settings: Settings, report: Report) -> None:
     """The whitelist files and smtpaccess, read as the filter reads them at start."""
     try:
         _, smtpaccess = open_lists(settings, report.note)
-    except SettingsError as error:
+    except GreylistError as error:
         report.problems.append(str(error))
         return
     if smtpaccess is not None:
@@ -178,7 +179,7 @@ def _check_reputation(settings: Settings, report: Report) -> None:
     """dnspython and the pattern files; each DNS list asked for its test entry, 127.0.0.2."""
     try:
         reputation = open_reputation(settings, None)
-    except SettingsError as error:
+    except GreylistError as error:
         report.problems.append(str(error))
         return
     if reputation is None or reputation.lists is None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from . import status as status_file
+from .errors import GreylistError
 
 FILTER = "pythonfilter"
 EXIT_WAIT = 60.0  # seconds for the old dispatcher to finish its messages and close the store
@@ -39,7 +40,7 @@ _POLL = 0.05
 _SIGNAL_AGAIN = 1.0  # seconds between two SIGHUPs to courierfilter while waiting for the start
 
 
-class ControlError(Exception):
+class ControlError(GreylistError):
     """Something on the host stops the restart; the message says what to do."""
 
 

@@ -23,8 +23,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from .errors import GreylistError
 
-class EnvelopeError(Exception):
+
+class EnvelopeError(GreylistError):
     """The control files could not be read."""
 
 

@@ -17,14 +17,13 @@ from typing import Callable, ContextManager, Optional, Sequence, Tuple
 
 from .envelope import Envelope
 from .policy import Facts
-from .relay import SmtpAccess, SmtpAccessError
+from .relay import SmtpAccess
 from .relay import default_path as relay_default_path
-from .reputation import DnsListsUnavailable, PatternFileError, Reputation, ReputationCheck
-from .settings import Settings, SettingsError
+from .reputation import Reputation, ReputationCheck
+from .settings import Settings
 from .triplet import InvalidClientAddress, parse_client_ip
-from .whitelist import WhitelistEntryError
 from .whitelist import build as build_whitelist
-from .whitelist_files import WhitelistFileError, WhitelistFiles
+from .whitelist_files import WhitelistFiles
 
 
 def client_name(received_from: Optional[str]) -> Optional[str]:
@@ -40,38 +39,33 @@ def open_lists(settings: Settings, log: Callable[[str], None]
                ) -> Tuple[Optional[WhitelistFiles], Optional[SmtpAccess]]:
     """The whitelists and Courier's smtpaccess database the settings name, read now.
 
-    Raises SettingsError when one cannot be read.
+    Raises a GreylistError (WhitelistFileError, SmtpAccessError) when one cannot be read.
     """
-    try:
-        base = build_whitelist(settings.whitelist_clients, settings.whitelist_senders,
-                               settings.whitelist_recipients)
-        whitelists = (WhitelistFiles(base, settings.whitelist_files, log)
-                      if base or settings.whitelist_files else None)
-        smtpaccess = (SmtpAccess(settings.smtpaccess_file or relay_default_path(), log)
-                      if settings.skip_relayclients else None)
-    except (WhitelistEntryError, WhitelistFileError, SmtpAccessError) as error:
-        raise SettingsError(str(error)) from None
+    base = build_whitelist(settings.whitelist_clients, settings.whitelist_senders,
+                           settings.whitelist_recipients)
+    whitelists = (WhitelistFiles(base, settings.whitelist_files, log)
+                  if base or settings.whitelist_files else None)
+    smtpaccess = (SmtpAccess(settings.smtpaccess_file or relay_default_path(), log)
+                  if settings.skip_relayclients else None)
     return whitelists, smtpaccess
 
 
 def open_reputation(settings: Settings, on_query=None) -> Optional[ReputationCheck]:
     """The DNS lists and name patterns the settings ask for, or None.
 
-    Raises SettingsError when dnspython is missing or a pattern file is unusable.
+    Raises a GreylistError when dnspython is missing (DnsListsUnavailable) or a pattern file
+    is unusable (PatternFileError).
     """
     if not (settings.dnswl_zones or settings.dnsbl_zones or settings.greylist_clients == "suspicious"):
         return None
-    try:
-        return ReputationCheck(settings, on_query=on_query)
-    except (DnsListsUnavailable, PatternFileError) as error:
-        raise SettingsError(str(error)) from None
+    return ReputationCheck(settings, on_query=on_query)
 
 
 class Exemptions:
     """The settings' exemptions, read once and kept current; asked once per message."""
 
     def __init__(self, settings: Settings, log: Callable[[str], None], on_dns_query=None) -> None:
-        """Raises SettingsError when a whitelist file, smtpaccess or a pattern file cannot be read."""
+        """Raises a GreylistError when a whitelist file, smtpaccess or a pattern file cannot be read."""
         self.skip_authenticated = settings.skip_authenticated
         self.whitelists, self.smtpaccess = open_lists(settings, log)
         self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)

@@ -79,7 +79,7 @@ class GreylistFilter:
         purge: str = "background",  # background | inline | never
         counts: Optional[Counts] = None,  # what it did, for the metrics file
     ) -> None:
-        """Raises SettingsError when a whitelist file, smtpaccess or a pattern file cannot be read."""
+        """Raises a GreylistError when a whitelist file, smtpaccess or a pattern file cannot be read."""
         self.settings = settings
         self.store = store
         self.counts = counts

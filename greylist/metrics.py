@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
+from .errors import GreylistError
 from .extras import install_hint
 from .safe_files import replace_file
 
@@ -34,7 +35,7 @@ PREFIX = "courier_greylist"
 _COUNT_EVERY = 1.0  # seconds between two countings of the queue of decisions
 
 
-class MetricsUnavailable(Exception):
+class MetricsUnavailable(GreylistError):
     """metrics_file is set but prometheus_client is not installed."""
 
 

@@ -17,10 +17,11 @@ import os
 import threading
 from typing import Callable, Optional, Tuple
 
+from .errors import GreylistError
 from .safe_files import dbm_flavour
 
 
-class SmtpAccessError(Exception):
+class SmtpAccessError(GreylistError):
     """The smtpaccess database cannot be read."""
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
+from .errors import GreylistError
 from .extras import install_hint
 from .triplet import InvalidClientAddress, network_of, parse_client_ip
 
@@ -157,7 +158,7 @@ def render(report: Report, top: int = 10) -> str:
     return "\n".join(out) + "\n"
 
 
-class PlotUnavailable(Exception):
+class PlotUnavailable(GreylistError):
     """matplotlib is not installed."""
 
 

@@ -25,13 +25,15 @@ import secrets
 import stat
 from typing import Optional
 
+from .errors import GreylistError
+
 FILE_MODE = 0o600
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 
 
-class NotARegularFile(OSError):
+class NotARegularFile(GreylistError, OSError):
     """A name that should be a regular file is something else."""
 
     def __init__(self, path: str, mode: int) -> None:
@@ -42,7 +44,7 @@ class NotARegularFile(OSError):
         return f"{self.filename}: {self.strerror}"
 
 
-class FileTooLarge(OSError):
+class FileTooLarge(GreylistError, OSError):
     """A file is larger than what it may hold."""
 
     def __init__(self, path: str, limit: int) -> None:

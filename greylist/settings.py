@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 from . import setting_values as values
+from .errors import GreylistError
 from .safe_files import read_regular
 from .setting_values import parse_value
 
@@ -27,7 +28,7 @@ DEFAULT_DB_DIR = "/var/lib/pythonfilter"
 CONFIG_LIMIT = 1 << 20  # a settings file larger than this is not one
 
 
-class SettingsError(Exception):
+class SettingsError(GreylistError):
     """A configuration file or value is unusable; the message says where and why."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable, Iterator, Optional, TextIO, Tuple
 
+from .errors import GreylistError
 from .stores import (
     ALL_TABLES,
     AUTO_WHITELIST_TABLE,
@@ -26,7 +27,7 @@ Progress = Optional[Callable[[str, int], None]]
 Row = Tuple[str, str, int, Optional[int]]  # table, key, timestamp, count (auto-whitelist only)
 
 
-class TransferError(Exception):
+class TransferError(GreylistError):
     """A line of an import that is not an entry; the message says which.
 
     ``written``: how many entries, all of those before it, were stored.

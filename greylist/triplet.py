@@ -13,6 +13,8 @@ import ipaddress
 import socket
 from typing import Union
 
+from .errors import GreylistError
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 try:
@@ -23,7 +25,7 @@ except ImportError:  # a build without CPython's hash modules (a FIPS build, say
     _md5 = functools.partial(hashlib.md5, usedforsecurity=False)
 
 
-class InvalidClientAddress(ValueError):
+class InvalidClientAddress(GreylistError, ValueError):
     """The client address from the control file is not an IP address."""
 
 

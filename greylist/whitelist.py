@@ -28,13 +28,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
+from .errors import GreylistError
+
 CLIENT, SENDER, RECIPIENT = "client", "sender", "recipient"
 KINDS = (CLIENT, SENDER, RECIPIENT)
 
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 
 
-class WhitelistEntryError(ValueError):
+class WhitelistEntryError(GreylistError, ValueError):
     """An entry that is none of the forms a whitelist accepts."""
 
 

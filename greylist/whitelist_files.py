@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
+from .errors import GreylistError
 from .safe_files import read_with_stat
 from .whitelist import Whitelist, parse_lines
 
@@ -40,7 +41,7 @@ RACY = 2.0  # seconds: a file modified this close to its reading is read once mo
 NOT_THERE_YET = "does not exist yet; read when it appears"
 
 
-class WhitelistFileError(Exception):
+class WhitelistFileError(GreylistError):
     """A whitelist file named in the settings cannot be read at start (one that does not
     exist yet is not an error: it is read when it appears)."""
 

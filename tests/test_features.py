@@ -12,10 +12,11 @@ import pytest
 from helpers import Clock, needs_gdbm, write_control
 
 from greylist.filter import GreylistFilter
-from greylist.settings import Settings, SettingsError
+from greylist.relay import SmtpAccessError
+from greylist.settings import Settings
 from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
-from greylist.whitelist_files import builtin_names, resolve
+from greylist.whitelist_files import WhitelistFileError, builtin_names, resolve
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
 
@@ -148,7 +149,7 @@ def test_a_whitelist_file_that_does_not_exist_yet_is_read_when_it_appears(env):
 
 def test_an_unreadable_whitelist_file_stops_start(env):
     (env.dir / "adirectory").mkdir()
-    with pytest.raises(SettingsError,
+    with pytest.raises(WhitelistFileError,
                        match="whitelist file .*/adirectory: not a regular file, but a directory"):
         env.filter(whitelist_files=(str(env.dir / "adirectory"),))
 
@@ -389,7 +390,7 @@ def test_gdbm_smtpaccess_without_dbm_gnu_says_what_to_install(env):
 
 
 def test_skip_relayclients_without_database_stops_start(env):
-    with pytest.raises(SettingsError, match="cannot read .*/missing.dat"):
+    with pytest.raises(SmtpAccessError, match="cannot read .*/missing.dat"):
         env.filter(skip_relayclients=True, smtpaccess_file=str(env.dir / "missing.dat"))
 
 

@@ -19,6 +19,7 @@ from helpers import Clock, write_config, write_control
 from host import greylist_command
 
 from greylist.filter import GreylistFilter
+from greylist.reputation import PatternFileError
 from greylist.settings import Settings, SettingsError, load_settings
 from greylist.stores import StoreOpenError
 from greylist.stores.dbm import DbmStore
@@ -152,7 +153,7 @@ def test_a_whitelist_file_that_is_a_fifo_or_a_device_stops_the_start_without_blo
     store = tmp_path / "store"
     store.mkdir()
     for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a character device")):
-        with pytest.raises(SettingsError, match=f"whitelist file {path}: not a regular file, but {kind}"):
+        with pytest.raises(WhitelistFileError, match=f"file {path}: not a regular file, but {kind}"):
             settings = Settings(db_dir=str(store), whitelist_files=(str(path),))
             in_time(lambda settings=settings: GreylistFilter(settings, DbmStore(str(store)), purge="never"))
 
@@ -166,7 +167,7 @@ def test_a_pattern_file_that_is_a_device_or_huge_stops_the_start(tmp_path):
     for path, problem in (("/dev/zero", "not a regular file, but a character device"),
                           (str(huge), "larger than 1 MiB")):
         settings = Settings(db_dir=str(store), greylist_clients="suspicious", generic_rdns_files=(path,))
-        with pytest.raises(SettingsError, match=f"generic_rdns_files: cannot read {path}: {problem}"):
+        with pytest.raises(PatternFileError, match=f"generic_rdns_files: cannot read {path}: {problem}"):
             in_time(lambda settings=settings: GreylistFilter(settings, DbmStore(str(store)), purge="never"))
 
 

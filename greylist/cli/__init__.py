@@ -16,7 +16,8 @@ import sys
 from typing import Optional, Sequence
 
 from .. import __version__
-from .common import EX_ERROR, EX_USAGE, CommandError, default_db_dir, envelope_address
+from ..errors import GreylistError
+from .common import EX_ERROR, EX_USAGE, default_db_dir, envelope_address
 from .dispatcher_commands import command_restart, command_status
 from .file_commands import (
     SHIM_NAME,
@@ -218,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EX_USAGE
     try:
         return args.handler(args)
-    except CommandError as error:
+    except GreylistError as error:  # a command's own (CommandError), or any room's
         print(f"greylist: {error}", file=sys.stderr)
         return EX_ERROR
     except KeyboardInterrupt:

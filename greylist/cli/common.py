@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ..errors import GreylistError
 from ..filter import GreylistFilter
 from ..settings import Settings, SettingsError, load_settings
 from ..stores import (
@@ -31,7 +32,7 @@ EX_USAGE = 2
 EX_TEMPFAIL = 75
 
 
-class CommandError(Exception):
+class CommandError(GreylistError):
     """A failure to report as one line and exit status 1."""
 
 
@@ -173,9 +174,9 @@ def quiet_filter(settings: Settings, store) -> GreylistFilter:
     store.fold_on_close = False
     try:
         return GreylistFilter(settings, store, log=warn_of_problems, purge="never")
-    except SettingsError as error:
+    except GreylistError:
         store.close()
-        raise CommandError(str(error)) from None
+        raise
 
 
 def warn(line: str) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from typing import Optional
 
 from .. import report, transfer
+from ..errors import GreylistError
 from ..settings import SettingsError, load_settings
 from ..stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, StoreError
 from .common import (
@@ -249,7 +250,7 @@ def command_migrate(args: argparse.Namespace) -> int:
                             with_tables=source.tables)
         try:
             count = transfer.copy_store(source, destination, progress_printer("copied"))
-        except (StoreError, transfer.TransferError) as error:
+        except GreylistError as error:  # the store's, or a TransferError
             raise CommandError(f"migration failed: {error}") from None
         finally:
             destination.close()

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..errors import GreylistError
 from ..extras import install_hint
 
 # Answers a list gives for "the query was refused" (a public resolver, a
@@ -34,7 +35,7 @@ _LONGEST_TTL = 3600.0  # a listing may end: ask again within the hour at the lat
 _NEGATIVE_TTL = 300.0  # "not listed" without a SOA to say how long
 
 
-class DnsListsUnavailable(Exception):
+class DnsListsUnavailable(GreylistError):
     """A zone is configured but dnspython is not installed."""
 
 

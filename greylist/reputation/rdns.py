@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence, Tuple
 
+from ..errors import GreylistError
 from ..safe_files import read_regular
 from ..whitelist_files import resolve
 
 PATTERN_FILE_LIMIT = 1 << 20  # regular expressions, one a line: a megabyte is plenty
 
 
-class PatternFileError(Exception):
+class PatternFileError(GreylistError):
     """A pattern file cannot be read, or holds a pattern that is not a regular expression."""
 
 

@@ -12,6 +12,8 @@ import math
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
+from ..errors import GreylistError
+
 if TYPE_CHECKING:
     from ..settings import Settings
 
@@ -28,7 +30,7 @@ from ..tables import (  # noqa: F401  (the stores' own vocabulary, imported from
 POSTGRES_TYPES = ("psycopg2", "pg", "postgresql")
 
 
-class StoreError(Exception):
+class StoreError(GreylistError):
     """A store operation failed; the message names the store and the cause."""
 
 

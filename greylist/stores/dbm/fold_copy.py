@@ -33,6 +33,7 @@ import subprocess
 import sys
 from typing import Callable, Optional, Tuple
 
+from ...errors import GreylistError
 from .. import parse_timestamp
 from . import journal
 from .files import FILE_MODE, fsync_path
@@ -54,7 +55,7 @@ UNDER_LOCK = 2.0
 _CHILD = "import sys; from greylist.stores.dbm.fold_copy import main; sys.exit(main(sys.argv[1:]))"
 
 
-class FoldError(OSError):
+class FoldError(GreylistError, OSError):
     """The copy failed, or its process did not answer in time."""
 
 

@@ -21,6 +21,8 @@ import struct
 import zlib
 from typing import List, NamedTuple
 
+from ...errors import GreylistError
+
 SUFFIX = ".journal"
 _BLOCK_HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _ENTRY_HEADER = struct.Struct("<Hi")  # key length, value length (-1: deleted)
@@ -30,7 +32,7 @@ _ENTRY_HEADER = struct.Struct("<Hi")  # key length, value length (-1: deleted)
 _LONGEST_BLOCK = 4 << 20
 
 
-class JournalDamaged(ValueError):
+class JournalDamaged(GreylistError, ValueError):
     """A journal that does not read past a damaged block: nothing after it can be trusted."""
 
 
