@@ -21,18 +21,19 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from .filter import STORE_FAILURE_REPLY, GreylistFilter, stderr_line
-from .metrics import Counts, MetricsFile
-from .settings import load_settings, standard_config_paths
-from .status import StatusFile
-from .status import path as status_path
-from .stores import open_store
+from .maillog import stderr_line
+
+if TYPE_CHECKING:
+    from .filter import GreylistFilter
+
+# The rooms are imported by initFilter, not here: ``import greylist.triplet`` (a
+# fold's copying child, a command) loads no filter, store or metrics module.
 
 __version__ = "0.1.0"
 
-NOT_STARTED_REPLY = STORE_FAILURE_REPLY
+NOT_STARTED_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
 _TELL_AGAIN = 600.0  # seconds between two log lines saying why the filter did not start
 
 # The one filter instance of this process, built by initFilter; or why there is none.
@@ -49,6 +50,10 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
     ``greylist install --config`` writes passes it.
     """
     global _filter, _problem
+    from .settings import standard_config_paths
+    from .status import StatusFile
+    from .status import path as status_path
+
     paths = list(config_paths) if config_paths is not None else standard_config_paths()
     status = StatusFile(status_path(), paths, __version__, stderr_line,
                         activity=lambda: _filter.last_decision if _filter is not None else None)
@@ -75,6 +80,11 @@ def initFilter(config_paths: Optional[Sequence[str]] = None) -> None:
 
 def _build(paths: Sequence[str]) -> tuple:
     """The filter of these settings files, and what to close at exit (in the order to close)."""
+    from .filter import GreylistFilter
+    from .metrics import Counts, MetricsFile
+    from .settings import load_settings
+    from .stores import open_store
+
     settings = load_settings(paths)
     counts = metrics_file = None
     if settings.metrics_file:

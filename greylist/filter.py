@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from . import policy
+from . import NOT_STARTED_REPLY, policy
 from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, message_id, read_envelope, read_header_block
 from .exemptions import Exemptions
@@ -40,7 +40,7 @@ from .stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PA
 from .upkeep import Upkeep
 
 INTERNAL_FAILURE_REPLY = policy.INTERNAL_FAILURE_REPLY
-STORE_FAILURE_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
+STORE_FAILURE_REPLY = NOT_STARTED_REPLY  # the same words: greylisting is not there for this message
 
 
 def rules_of(settings: Settings) -> policy.Rules:
