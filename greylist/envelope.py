@@ -48,21 +48,17 @@ class Envelope:
     client_ip: Optional[str] = None
     received_from: Optional[str] = None
     auth_user: Optional[str] = None
-    skipped_status_records: int = 0
 
 
-def _mark_finished(recipients: list, status_lines: list, envelope: Envelope) -> None:
-    """Apply ``S``/``F`` records (``S<n> ...``) to this file's recipients."""
+def _mark_finished(recipients: list, status_lines: list) -> None:
+    """Apply ``S``/``F`` records (``S<n> ...``) to this file's recipients; others are skipped."""
     for line in status_lines:
         try:
             number = int(line[1:].split(b" ", 1)[0])
         except ValueError:
-            envelope.skipped_status_records += 1
             continue
         if 0 <= number < len(recipients):
             recipients[number][1] = True
-        else:
-            envelope.skipped_status_records += 1
 
 
 def _read_file(path: str) -> bytes:
@@ -150,7 +146,7 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
                 if envelope.auth_user is None:
                     envelope.auth_user = decode_value(line[1:])
         if status_lines:
-            _mark_finished(recipients, status_lines, envelope)
+            _mark_finished(recipients, status_lines)
         envelope.recipients.extend(address for address, delivered in recipients if not delivered)
     return envelope
 

@@ -243,9 +243,6 @@ class GdbmTable(Table):
         """Changes in the journal, not yet folded into the gdbm file."""
         return len(self._overlay)
 
-    def overlay_items(self):
-        return self._overlay.items()
-
     def truncate_journal(self) -> None:
         """After a fold put everything into the new file: an empty journal, the new file open."""
         os.ftruncate(self._journal, 0)
