@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable, List, Tuple
 
-from . import StoreError
+from .base import StoreError
 
 _IDLE_TIMEOUT = 300.0  # seconds a connection may sit unused before it is closed
 

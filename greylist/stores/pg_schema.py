@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-from . import AUTO_WHITELIST_TABLE
+from .base import AUTO_WHITELIST_TABLE
 from .pg_wire import ALREADY_MADE, RoundTripError, quote, round_trip, value
 
 

@@ -13,7 +13,7 @@ import select
 import time
 
 from ..extras import install_hint
-from . import StoreError, StoreOpenError
+from .base import StoreError, StoreOpenError
 
 # libpq's PGRES_EMPTY_QUERY, PGRES_COMMAND_OK, PGRES_TUPLES_OK; CONNECTION_OK.
 _SUCCESS = (0, 1, 2)

@@ -27,7 +27,8 @@ import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from ..maillog import stderr_line
-from . import (
+from . import pg_schema
+from .base import (
     AUTO_WHITELIST_TABLE,
     MESSAGE_ID_TABLE,
     TABLES,
@@ -35,7 +36,6 @@ from . import (
     StoreError,
     StoreOpenError,
     Transaction,
-    pg_schema,
 )
 from .pg_pool import ConnectionPool
 from .pg_wire import (

@@ -17,7 +17,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .. import StoreOpenError
+from ..base import StoreOpenError
 from .files import (
     create_temporary,
     fsync_path,

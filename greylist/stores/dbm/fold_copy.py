@@ -34,7 +34,7 @@ import sys
 from typing import Callable, Optional, Tuple
 
 from ...errors import GreylistError
-from .. import parse_timestamp
+from ..base import parse_timestamp
 from . import journal
 from .files import FILE_MODE, fsync_path
 

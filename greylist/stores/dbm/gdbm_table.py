@@ -24,7 +24,7 @@ import os
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 from ...maillog import stderr_line
-from .. import StoreOpenError
+from ..base import StoreOpenError
 from . import fold, journal
 from .files import FILE_MODE, open_regular, write_all
 from .tables import Table

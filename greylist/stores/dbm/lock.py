@@ -38,7 +38,7 @@ import time
 from typing import Iterator, Optional, Tuple
 
 from ...safe_files import NotARegularFile, open_regular
-from .. import StoreError, StoreOpenError
+from ..base import StoreError, StoreOpenError
 
 LOCK_NAME = "greylist.lock"
 FORMAT = 1

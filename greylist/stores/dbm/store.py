@@ -27,7 +27,7 @@ import stat
 import threading
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-from .. import (
+from ..base import (
     AUTO_WHITELIST_TABLE,
     MESSAGE_ID_TABLE,
     TABLES,

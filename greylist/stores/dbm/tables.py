@@ -8,7 +8,7 @@ from __future__ import annotations
 import dbm
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from .. import StoreOpenError
+from ..base import StoreOpenError
 from .files import FILE_MODE
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Tuple
 
-from .. import (
+from ..base import (
     StoreError,
     Transaction,
     format_counted,
