@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from .maillog import stderr_line
+from .replies import UNAVAILABLE_REPLY
 
 if TYPE_CHECKING:
     from .filter import GreylistFilter
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-NOT_STARTED_REPLY = "451 4.3.0 Greylisting temporarily unavailable, please try again later"
+NOT_STARTED_REPLY = UNAVAILABLE_REPLY
 _TELL_AGAIN = 600.0  # seconds between two log lines saying why the filter did not start
 
 # The one filter instance of this process, built by initFilter; or why there is none.

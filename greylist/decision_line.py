@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import policy
+from .replies import format_wait
 from .reputation import Reputation
 
 
@@ -86,7 +87,7 @@ class Verdict:
             if decision.action in ("greylist", "learn") and reputation.suspicious not in (None, "dnsbl"):
                 line += f", suspicious={reputation.suspicious}"
         if decision.wait is not None:
-            line += f", wait={policy.format_wait(decision.wait)}"
+            line += f", wait={format_wait(decision.wait)}"
         if decision.delay is not None:
             line += f", delay={int(decision.delay)}"
         if self.error:

@@ -27,20 +27,20 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from . import NOT_STARTED_REPLY, policy
+from . import policy
 from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, message_id, read_envelope, read_header_block
 from .exemptions import Exemptions
 from .keys import Keys
 from .maillog import stderr_line
 from .metrics import LONG_LOCK_WAIT, Counts
+from .replies import INTERNAL_FAILURE_REPLY, UNAVAILABLE_REPLY
 from .settings import Settings
 from .spf import spf_pass_domain
 from .stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PASSED_TABLE, Store, StoreError
 from .upkeep import Upkeep
 
-INTERNAL_FAILURE_REPLY = policy.INTERNAL_FAILURE_REPLY
-STORE_FAILURE_REPLY = NOT_STARTED_REPLY  # the same words: greylisting is not there for this message
+STORE_FAILURE_REPLY = UNAVAILABLE_REPLY
 
 
 def rules_of(settings: Settings) -> policy.Rules:

@@ -34,16 +34,12 @@ decision is the reference's.
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
+from .replies import DEFAULT_REPLY, INTERNAL_FAILURE_REPLY, tempfail_reply
 from .tables import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from .triplet import IPAddress
-
-DEFAULT_REPLY = "451 4.7.1 Greylisting in action, please come back in {wait}"
-INTERNAL_FAILURE_REPLY = "451 Internal failure locating control files"
 
 
 @dataclass(frozen=True)
@@ -395,29 +391,3 @@ def client_record_after(record: Optional[ClientRecord], decision: Optional[Tripl
     if live and decision.accept:
         return int(now), passes
     return None
-
-
-# --- the reply -----------------------------------------------------------------------------
-
-
-def format_wait(seconds: float) -> str:
-    """``HH:MM:SS`` for a wait, rounded up, hours not wrapping at 24.
-
-    Rounding up means a sender still refused is never told ``00:00:00``
-    (unless greylist_time itself is 0) and never retries a second early.
-    """
-    return _hours_minutes_seconds(max(0, math.ceil(seconds - 1e-6)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _hours_minutes_seconds(total: int) -> str:
-    # Every greylisted message's reply and log line: mostly the same few waits.
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
-def tempfail_reply(wait: float, template: str = DEFAULT_REPLY) -> str:
-    """The SMTP reply for a message that must wait ``wait`` seconds."""
-    return template.format(wait=format_wait(wait))
-

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 from . import setting_values as values
 from .errors import GreylistError
+from .replies import DEFAULT_REPLY
 from .safe_files import read_regular
 from .setting_values import parse_value
 
@@ -41,7 +42,7 @@ class Settings:
     senders_not_passed_ttl: float = 60 * 60 * 24
     greylist_time: float = 300
     on_store_error: str = "accept"  # or "tempfail"
-    reply: str = "451 4.7.1 Greylisting in action, please come back in {wait}"
+    reply: str = DEFAULT_REPLY
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
     log_decisions: bool = True

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greylist import policy
-from greylist.policy import StoredState, Timing, Write, decide_triplets, format_wait
+from greylist.policy import StoredState, Timing, Write, decide_triplets
+from greylist.replies import format_wait, tempfail_reply
 from greylist.tables import MESSAGE_ID_TABLE
 from greylist.tables import NOT_PASSED_TABLE as NOT_PASSED
 from greylist.tables import PASSED_TABLE as PASSED
@@ -79,8 +80,8 @@ def test_format_wait_rounds_up_and_does_not_wrap():
 
 
 def test_reply_template():
-    assert policy.tempfail_reply(300) == "451 4.7.1 Greylisting in action, please come back in 00:05:00"
-    assert policy.tempfail_reply(60, "450 4.2.0 Greylisted, retry in {wait}") == (
+    assert tempfail_reply(300) == "451 4.7.1 Greylisting in action, please come back in 00:05:00"
+    assert tempfail_reply(60, "450 4.2.0 Greylisted, retry in {wait}") == (
         "450 4.2.0 Greylisted, retry in 00:01:00")
 
 

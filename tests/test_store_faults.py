@@ -387,28 +387,32 @@ def test_a_stalled_fold_child_never_holds_mail_for_long(tmp_path, monkeypatch):
     with store.transaction() as tx:
         for n in range(500):
             tx.set(PASSED_TABLE, f"{n:032x}", 1_790_000_000)
-    apply = fold_copy.Copier.apply
-
-    def stall_then_apply(self, start, end, last=False):
-        if last:
-            os.kill(self._child.pid, signal.SIGSTOP)  # the child stops answering, under the lock
-        return apply(self, start, end, last)
-
-    monkeypatch.setattr(fold_copy.Copier, "apply", stall_then_apply)
+    build, apply = fold_copy.Copier.build, fold_copy.Copier.apply
     mail = DbmStore(str(tmp_path))
     waited: list = []
 
     def mail_writes():
-        time.sleep(0.05)
         started = time.monotonic()
         with mail.transaction() as tx:
             tx.set(PASSED_TABLE, "f" * 32, 1_790_000_001)
         waited.append(time.monotonic() - started)
 
-    with mail.transaction() as tx:  # a change for the last apply, made under the lock
-        tx.set(PASSED_TABLE, "e" * 32, 1_790_000_001)
     writer = threading.Thread(target=mail_writes)
-    writer.start()
+
+    def build_then_mail_comes(self, journal_end, progress=None):
+        built = build(self, journal_end, progress)
+        with mail.transaction() as tx:  # a change for the last apply, made under the lock
+            tx.set(PASSED_TABLE, "e" * 32, 1_790_000_001)
+        return built
+
+    def stall_then_apply(self, start, end, last=False):
+        if last:  # under the lock: mail now waits, and the child stops answering
+            writer.start()
+            os.kill(self._child.pid, signal.SIGSTOP)
+        return apply(self, start, end, last)
+
+    monkeypatch.setattr(fold_copy.Copier, "build", build_then_mail_comes)
+    monkeypatch.setattr(fold_copy.Copier, "apply", stall_then_apply)
     failures: list = []
 
     def purge():
@@ -424,6 +428,7 @@ def test_a_stalled_fold_child_never_holds_mail_for_long(tmp_path, monkeypatch):
     assert len(failures) == 1 and "no answer from the copying process within 0.5 s" in failures[0]
     writer.join(30)
     assert waited and waited[0] < 3  # mail waited for the lock no longer than the give-up time
+    monkeypatch.setattr(fold_copy.Copier, "build", build)
     monkeypatch.setattr(fold_copy.Copier, "apply", apply)
     assert store.purge(PASSED_TABLE, older_than=0) == 0  # the next purge works
     assert len(stdlib_contents(tmp_path, PASSED_TABLE)) == 502

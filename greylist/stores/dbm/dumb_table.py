@@ -15,7 +15,7 @@ import ast
 import contextlib
 import os
 import re
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 from ..base import StoreOpenError
 from .files import (
@@ -26,10 +26,8 @@ from .files import (
     remove_stale_temporaries,
     write_all,
 )
+from .hold import Hold
 from .tables import Table
-
-if TYPE_CHECKING:
-    from .store import DbmStore
 
 _BATCH = 256  # keys a walk returns per hold of the lock
 _BLOCK = 512  # dbm.dumb aligns every value on a block of this size
@@ -258,7 +256,7 @@ class DumbTable(Table):
 
     # compaction
 
-    def compact(self, store: DbmStore) -> None:
+    def compact(self, hold: Hold) -> None:
         """Rewrite the index without deleted keys, holding the lock only briefly.
 
         The new index is written beside the old one, under a name of this
@@ -268,7 +266,7 @@ class DumbTable(Table):
         the rename; a crash at any point leaves the old index or the new one,
         both complete.
         """
-        with store.locked():
+        with hold.locked():
             identity, offset, dat_end = self._dir_identity, self._dir_offset, self._dat_end
             snapshot = list(self.index.items())
         live = [(key, entry) for key, entry in snapshot if not self._is_tombstone(self._read(*entry))]
@@ -282,7 +280,7 @@ class DumbTable(Table):
                 write_all(fd, b"".join([_index_line(key, pos, size)
                                         for key, (pos, size) in live[start : start + 4096]]), temporary)
             os.fsync(fd)
-            with store.locked():
+            with hold.locked():
                 self.refresh()
                 if self._dir_identity != identity:
                     return  # another process compacted first
@@ -304,7 +302,7 @@ class DumbTable(Table):
                 self.index = dict(live) | added
                 self.index_lines = len(live) + tail.count(b"\n")
                 self._free = free
-                store.note_write()
+                hold.note_write()
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

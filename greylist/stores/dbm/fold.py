@@ -20,18 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional, Protocol, Tuple
 
 from .files import create_temporary, fsync_path, remove_stale_temporaries
 from .fold_copy import Copier
-
-if TYPE_CHECKING:
-    from .gdbm_table import GdbmTable
-    from .store import DbmStore
+from .hold import Hold
 
 _CATCH_UP_ROUNDS = 12
 _LEFT_FOR_THE_LOCK = 4096  # bytes of journal (about 70 changes) applied under the lock
 _PURPOSE = "fold"
+
+
+class Journaled(Protocol):
+    """What a fold reads and does of the gdbm table whose file it replaces (gdbm_table.py)."""
+
+    base: str  # the gdbm file
+    journal_path: str
+    journal_end: int  # bytes of the journal the table has read
+    identity: Optional[Tuple[int, int]]  # (device, inode) of the file the table has open
+
+    @property
+    def pending(self) -> int: ...
+
+    def truncate_journal(self) -> None: ...
 
 
 def new_temporary(base: str) -> tuple:
@@ -40,37 +51,37 @@ def new_temporary(base: str) -> tuple:
     return create_temporary(base, _PURPOSE)
 
 
-def fold(table: GdbmTable, store: DbmStore, older_than: Optional[float],
+def fold(table: Journaled, hold: Hold, older_than: Optional[float],
          progress: Optional[Callable[[int], None]]) -> int:
     """Replace the table's file by one holding the journal and no entry stored before
     ``older_than`` (None: keep all); returns how many entries were left out."""
-    with store.locked():
+    with hold.locked():
         if not table.pending and older_than is None:
             return 0
         identity, copied_to = table.identity, table.journal_end
     fd, temporary = new_temporary(table.base)
     os.close(fd)  # gdbm writes it; the name is ours alone
-    copier = Copier(table.base, table.journal_path, temporary, older_than, store.closing.is_set)
+    copier = Copier(table.base, table.journal_path, temporary, older_than, hold.closing.is_set)
     try:
         examined, dropped = copier.build(copied_to, progress)
         for _ in range(_CATCH_UP_ROUNDS):
-            with store.locked():
+            with hold.locked():
                 if table.identity != identity:
                     return 0  # another process folded first
                 appended_to = table.journal_end
-            if appended_to - copied_to <= _LEFT_FOR_THE_LOCK or store.closing.is_set():
+            if appended_to - copied_to <= _LEFT_FOR_THE_LOCK or hold.closing.is_set():
                 break
             copier.apply(copied_to, appended_to)
             copied_to = appended_to
-        with store.locked():
+        with hold.locked():
             if table.identity != identity:
                 return 0
             if table.journal_end > copied_to:
                 copier.apply(copied_to, table.journal_end, last=True)
             copier.finish()
-            store.note_write()  # others re-read
+            hold.note_write()  # others re-read
             os.rename(temporary, table.base)
-            store.count_fold()
+            hold.count_fold()
             fsync_path(os.path.dirname(table.base) or ".")
             table.truncate_journal()
         if progress is not None:

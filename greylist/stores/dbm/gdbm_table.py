@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from ...maillog import stderr_line
 from ..base import StoreOpenError
 from . import fold, journal
 from .files import FILE_MODE, open_regular, write_all
+from .hold import Hold
 from .tables import Table
-
-if TYPE_CHECKING:
-    from .store import DbmStore
 
 _BATCH = 256  # keys a walk returns per hold of the lock
 _MISSING = object()
@@ -280,16 +278,16 @@ class GdbmTable(Table):
 
     # folding
 
-    def fold(self, store: DbmStore, older_than: Optional[float] = None,
+    def fold(self, hold: Hold, older_than: Optional[float] = None,
              progress: Optional[Callable[[int], None]] = None) -> int:
         """A new gdbm file from the old one and the journal, without entries stored before
         ``older_than``; returns how many went (see fold.py)."""
         if self.readonly:
             return 0
-        return fold.fold(self, store, older_than, progress)
+        return fold.fold(self, hold, older_than, progress)
 
-    def compact(self, store: DbmStore) -> None:
-        self.fold(store)
+    def compact(self, hold: Hold) -> None:
+        self.fold(hold)
 
     def close_retired(self) -> None:
         """Close the anchors of replaced files (call without the lock held)."""

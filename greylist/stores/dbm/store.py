@@ -2,14 +2,14 @@
 
 How a message's transaction reads and writes (``DbmTransaction``, transaction.py):
 
-1. ``_enter``: take the lock (``lock.py``); if the lock file's generation
+1. ``enter``: take the lock (``lock.py``); if the lock file's generation
    moved, another process wrote: each table reads what it appended (and,
    when the fold count moved, whether its file was replaced).  What a writer
    that died mid-write left is read the same way: a torn journal block or
    index line is cut, a value is whole or not written (one ``pwrite``).
 2. ``get``/``set``/``delete`` on the tables; the first write of the hold
    bumps the generation.
-3. ``_exit``: a hold that wrote makes each table's changes durable (gdbm:
+3. ``leave``: a hold that wrote makes each table's changes durable (gdbm:
    one journal write; dbm.dumb: its value and index writes), in the order of
    TABLES, so that a message that passes is in greylist_Passed before it
    leaves greylist_NotPassed; then lets go of the lock.  Until then the
@@ -154,7 +154,7 @@ class DbmStore(Store):
 
     # holding the lock
 
-    def _enter(self) -> float:
+    def enter(self) -> float:
         """Take the lock and make every table current (another process may have written).
 
         Every write bumps the generation, and every fold also the fold count
@@ -178,7 +178,7 @@ class DbmStore(Store):
             raise
         return waited
 
-    def _exit(self, failed: bool = False) -> None:
+    def leave(self, failed: bool = False) -> None:
         # This runs for every message: only a hold that wrote has changes to
         # flush (every write goes through note_write first).
         try:
@@ -195,8 +195,7 @@ class DbmStore(Store):
         if self._files_replaced:
             self._files_replaced = False
             for table in self._tables.values():
-                if getattr(table, "retired", None):
-                    table.close_retired()
+                table.close_retired()
 
     def _end_tables(self) -> None:
         """Each table's changes made durable, in TABLES' order; on a failure the rest are dropped."""
@@ -212,12 +211,12 @@ class DbmStore(Store):
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the lock with every table current (for purges and compactions)."""
-        self._enter()
+        self.enter()
         self._files_replaced = True  # a fold replaces files under this hold
         try:
             yield
         finally:
-            self._exit()
+            self.leave()
 
     def count_fold(self) -> None:
         """A file was replaced (under the lock): other processes must look at theirs."""
@@ -233,7 +232,7 @@ class DbmStore(Store):
     # the Store interface
 
     def transaction(self) -> DbmTransaction:
-        return DbmTransaction(self)
+        return DbmTransaction(self, self._tables)
 
     def prefetch(self, table: str, keys: Sequence[str]) -> None:
         opened = self._tables.get(table)
@@ -338,7 +337,7 @@ class DbmStore(Store):
 
     def wants_compaction(self) -> bool:
         """True when a gdbm journal holds so many changes that its overlay costs real memory."""
-        return any(getattr(table, "pending", 0) > _FOLD_AFTER for table in self._tables.values())
+        return any(table.pending > _FOLD_AFTER for table in self._tables.values())
 
     def compact(self) -> None:
         """Tidy the files now (gdbm: fold the journals; dbm.dumb: drop deleted keys from the index)."""

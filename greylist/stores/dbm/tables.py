@@ -6,19 +6,18 @@ All methods run with the store lock held, except where a method says not.
 from __future__ import annotations
 
 import dbm
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..base import StoreOpenError
 from .files import FILE_MODE
-
-if TYPE_CHECKING:
-    from .store import DbmStore
+from .hold import Hold
 
 
 class Table:
     """One dbm file."""
 
     flavour = ""
+    pending = 0  # changes not yet in the dbm file itself (gdbm: in its journal)
 
     def __init__(self, base: str, readonly: bool) -> None:
         self.base = base
@@ -59,8 +58,11 @@ class Table:
         """
         raise NotImplementedError
 
-    def compact(self, store: DbmStore) -> None:
+    def compact(self, hold: Hold) -> None:
         """Make the file tidy for other readers (dbm.dumb drops deleted keys)."""
+
+    def close_retired(self) -> None:
+        """Without the lock: close what stayed open of files a hold replaced (gdbm)."""
 
     def close(self) -> None:
         raise NotImplementedError

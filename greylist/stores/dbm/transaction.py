@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 from ..base import (
     StoreError,
@@ -12,51 +12,50 @@ from ..base import (
     parse_counted,
     parse_timestamp,
 )
-
-if TYPE_CHECKING:
-    from .store import DbmStore
+from .hold import Hold
+from .tables import Table
 
 
 class DbmTransaction(Transaction):
     """One message's reads and writes; a context manager holding the store lock."""
 
-    __slots__ = ("_store", "_tables", "waited")
+    __slots__ = ("_hold", "_tables", "waited")
 
-    def __init__(self, store: DbmStore) -> None:
-        self._store = store
-        self._tables = store._tables
+    def __init__(self, hold: Hold, tables: Mapping[str, Table]) -> None:
+        self._hold = hold
+        self._tables = tables
         self.waited = 0.0
 
     def __enter__(self) -> DbmTransaction:
         try:
-            self.waited = self._store._enter()
+            self.waited = self._hold.enter()
         except OSError as error:
-            raise StoreError(f"store in {self._store.directory}: {error}") from error
+            raise StoreError(f"store in {self._hold.directory}: {error}") from error
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            self._store._exit(failed=error is not None)
+            self._hold.leave(failed=error is not None)
         except OSError as exit_error:
             if error is None:
-                raise StoreError(f"store in {self._store.directory}: {exit_error}") from exit_error
+                raise StoreError(f"store in {self._hold.directory}: {exit_error}") from exit_error
         if isinstance(error, OSError):
-            raise StoreError(f"store in {self._store.directory}: {error}") from error
+            raise StoreError(f"store in {self._hold.directory}: {error}") from error
 
     def get(self, table: str, key: str) -> Optional[float]:
         return parse_timestamp(self._tables[table].get(key.encode("latin-1")))
 
     def set(self, table: str, key: str, timestamp: int) -> None:
-        self._store.note_write()
+        self._hold.note_write()
         self._tables[table].set(key.encode("latin-1"), format_timestamp(timestamp))
 
     def delete(self, table: str, key: str) -> None:
-        self._store.note_write()
+        self._hold.note_write()
         self._tables[table].delete(key.encode("latin-1"))
 
     def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
         return parse_counted(self._tables[table].get(key.encode("latin-1")))
 
     def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
-        self._store.note_write()
+        self._hold.note_write()
         self._tables[table].set(key.encode("latin-1"), format_counted(timestamp, count))
