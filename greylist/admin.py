@@ -48,7 +48,7 @@ def ago(seconds: float) -> str:
 
 @dataclass
 class TripletState:
-    """One triplet as the stores know it."""
+    """One triplet as the tables know it."""
 
     recipient: str
     key: str
@@ -176,7 +176,7 @@ def delete(greylist: GreylistFilter, sender: str, recipients: Sequence[str],
 
 
 def stats(greylist: GreylistFilter, now: float, top: int = 20) -> dict:
-    """Entries per store, their ages, and the auto-whitelisted networks."""
+    """Entries per table, their ages, and the auto-whitelisted networks."""
     store, settings = greylist.store, greylist.settings
     result: dict = {"store": store.description, "now": int(now), "tables": {}}
     for table in store.tables:

@@ -1,7 +1,7 @@
 """Copying triplets between stores: export, import, migrate (dbm <-> PostgreSQL).
 
 The interchange format is JSON lines, one entry a line:
-``{"store": "greylist_Passed", "digest": "<md5 hex>", "timestamp": 1790000000}``;
+``{"table": "greylist_Passed", "digest": "<md5 hex>", "timestamp": 1790000000}``;
 entries of the auto-whitelist table carry the network as ``digest`` and a
 ``count`` (how many triplets of that network passed).
 """
@@ -112,7 +112,7 @@ def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) 
 def export_to(store: Store, out: TextIO, progress: Progress = None) -> int:
     count = 0
     for table, key, timestamp, passes in entries(store):
-        entry = {"store": table, "digest": key, "timestamp": timestamp}
+        entry = {"table": table, "digest": key, "timestamp": timestamp}
         if passes is not None:
             entry["count"] = passes
         out.write(json.dumps(entry) + "\n")
@@ -130,7 +130,7 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Row]:
             continue
         try:
             entry = json.loads(line)
-            table, key, timestamp = entry["store"], entry["digest"], entry["timestamp"]
+            table, key, timestamp = entry["table"], entry["digest"], entry["timestamp"]
             passes = entry.get("count")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise TransferError(f"line {number}: not an entry of an export") from None

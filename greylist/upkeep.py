@@ -75,7 +75,7 @@ class Upkeep:
             self._purging.release()
 
     def purge(self, now: float, progress: Optional[Callable[[str, int], None]] = None) -> int:
-        """Drop expired entries from every store; logs and swallows failures."""
+        """Drop expired entries from every table; logs and swallows failures."""
         if not self._purging.acquire(blocking=False):
             return 0
         removed, failed, started = 0, False, time.monotonic()

@@ -208,7 +208,7 @@ def test_export_import_roundtrip(tmp_path):
     exported = run("export", "--db-dir", str(source))
     assert exported.returncode == 0 and "exported 3 entries" in exported.stderr
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert {row["store"] for row in rows} == {"greylist_NotPassed"} and len(rows) == 3
+    assert {row["table"] for row in rows} == {"greylist_NotPassed"} and len(rows) == 3
     dump = tmp_path / "dump.jsonl"
     dump.write_text(exported.stdout)
     imported = run("import", "--db-dir", str(target), str(dump))
@@ -218,12 +218,12 @@ def test_export_import_roundtrip(tmp_path):
     piped = subprocess.run(greylist_command("import", "--db-dir", str(tmp_path / "c")),
                            input=exported.stdout, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert piped.returncode == 0 and "imported 3 entries" in piped.stderr
-    dump.write_text('{"store": "nope"}\n')
+    dump.write_text('{"table": "nope"}\n')
     bad = run("import", "--db-dir", str(target), str(dump))
     assert bad.returncode == 1 and "line 1: not an entry of an export" in bad.stderr
     # A compressed backup on standard input; a bad line after two good ones keeps those two.
     lines = exported.stdout.splitlines()
-    packed = gzip.compress("\n".join(lines[:2] + ['{"store": "nope"}'] + lines[2:]).encode() + b"\n")
+    packed = gzip.compress("\n".join(lines[:2] + ['{"table": "nope"}'] + lines[2:]).encode() + b"\n")
     fresh = tmp_path / "d"
     gz = subprocess.run(greylist_command("import", "--db-dir", str(fresh)),
                         input=packed, capture_output=True, cwd=REPO, timeout=60)
@@ -330,7 +330,7 @@ def test_stats_and_purge(tmp_path):
     # (into the same store the newer entries would win)
     exported = run("export", "--config", config).stdout
     old = "\n".join(json.dumps(dict(row, timestamp=row["timestamp"] - 7200))
-                    if row["store"] == "greylist_NotPassed" else json.dumps(row)
+                    if row["table"] == "greylist_NotPassed" else json.dumps(row)
                     for row in map(json.loads, exported.splitlines()))
     dump = tmp_path / "dump"
     dump.write_text(old + "\n")
@@ -352,7 +352,7 @@ def test_auto_whitelist_table_travels_with_export_and_migrate(tmp_path):
     run("check", "--config", config, control)
     run("check", "--config", config, control)
     rows = [json.loads(line) for line in run("export", "--config", config).stdout.splitlines()]
-    assert {"store": "greylist_AutoWhitelist", "digest": "192.0.2.0/24", "timestamp":
+    assert {"table": "greylist_AutoWhitelist", "digest": "192.0.2.0/24", "timestamp":
             rows[-1]["timestamp"], "count": 1} in rows
     dump = tmp_path / "dump"
     dump.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="write every stored triplet as JSON lines (a backup)",
-        description="Write every entry as a JSON line: store, digest, timestamp. "
+        description="Write every entry as a JSON line: table, digest, timestamp. "
                     "Opens the store read-only.")
     with_store_options(export, creates=False)
     export.add_argument("file", nargs="?", metavar="FILE", help="output file (default: stdout)")
@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser(
         "show", help="the state of a triplet: pending, passed, unknown or whitelisted",
-        description="Show what the stores know of the triplets of --sender, each --recipient "
-                    "and --ip, and which whitelist rule, if any, covers them. Changes nothing.")
+        description="Show what the tables know of the triplets of --sender, each --recipient "
+                    "and --ip, and what the filter would do with their next message (every rule, "
+                    "the DNS lists asked live). Changes nothing.")
     with_store_options(show, creates=False)
     with_triplet_options(show)
     show.add_argument("--client-name", help="the client's reverse-DNS name, for name whitelists")
@@ -149,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     allow.set_defaults(handler=command_allow)
 
     delete = commands.add_parser(
-        "delete", help="forget a triplet", description="Remove the triplets from both stores.")
+        "delete", help="forget a triplet", description="Remove the triplets from both greylisting tables.")
     with_store_options(delete)
     with_triplet_options(delete)
     delete.set_defaults(handler=command_delete)
 
     stats = commands.add_parser(
-        "stats", help="entries per store, their ages, auto-whitelisted networks",
-        description="Count the entries of every store with an age histogram, and list the "
+        "stats", help="entries per table, their ages, auto-whitelisted networks",
+        description="Count the entries of every table with an age histogram, and list the "
                     "auto-whitelisted client networks. Reads every entry.")
     with_store_options(stats, creates=False)
     stats.add_argument("--json", action="store_true", help="print JSON")

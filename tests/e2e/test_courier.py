@@ -183,7 +183,7 @@ def test_the_backup_block_writes_every_entry_and_reads_them_back(rig):
     result = run_block("backup")
     with gzip.open("/var/backups/greylist.jsonl.gz", "rt") as handle:
         saved = [json.loads(line) for line in handle]
-    assert saved and {entry["store"] for entry in saved} <= {"greylist_Passed", "greylist_NotPassed"}
+    assert saved and {entry["table"] for entry in saved} <= {"greylist_Passed", "greylist_NotPassed"}
     assert f"exported {len(saved):,} entries" in result.stderr
     assert f"imported {len(saved):,} entries" in result.stderr
 
