@@ -15,7 +15,8 @@ def log_safe(value: object, limit: int = 200) -> str:
 
     A value of printable characters without spaces or quotes is written as
     it is; any other is put in double quotes, with control characters,
-    double quotes and backslashes written as ``\\xNN``.  So a line always
+    double quotes and backslashes escaped as in Python (``\\xNN``,
+    ``\\uNNNN``, ``\\UNNNNNNNN``).  So a line always
     splits into its pairs, and a person reads ``error="cannot read control
     file"`` as it is.
     """
@@ -24,8 +25,17 @@ def log_safe(value: object, limit: int = 200) -> str:
         text = text[:limit] + "..."
     if " " not in text and '"' not in text and "\\" not in text and text.isprintable():
         return text
-    return '"' + "".join(ch if ch.isprintable() and ch not in '"\\' else f"\\x{ord(ch):02x}"
-                         for ch in text) + '"'
+    return '"' + "".join(ch if ch.isprintable() and ch not in '"\\' else _escaped(ch) for ch in text) + '"'
+
+
+def _escaped(ch: str) -> str:
+    """``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``, as in Python: the reader knows where each ends."""
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 @dataclass

@@ -35,7 +35,11 @@ DELAY_BUCKETS = (
 
 # A pair: a value in double quotes (with \xNN escapes), or one without spaces.
 _PAIR = re.compile(r'(?:^|, )([a-z_]+)=("[^"]*"|[^ ]*?)(?=, [a-z_]+=|$)')
-_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+_ESCAPE = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8}))")
+
+
+def _unescaped(match: re.Match) -> str:
+    return chr(int(next(code for code in match.groups() if code is not None), 16))
 
 
 def parse_line(line: str) -> Optional[dict]:
@@ -46,7 +50,7 @@ def parse_line(line: str) -> Optional[dict]:
     fields = {}
     for key, value in _PAIR.findall(line[start + len("greylist: "):].rstrip("\r\n")):
         if value.startswith('"') and value.endswith('"') and len(value) > 1:
-            value = _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), value[1:-1])
+            value = _ESCAPE.sub(_unescaped, value[1:-1])
         fields[key] = value
     return fields if "action" in fields else None
 

@@ -197,3 +197,13 @@ def second_waits_for_first(first, second, table: str = "greylist_NotPassed") -> 
         thread.join(60)
     assert events == ["first in", "first out", "second in"]
     assert seen == written
+
+
+def run_greylist(*args: str, env: Optional[dict] = None):
+    """The greylist command as a postmaster runs it (this checkout's package), in a process of its own."""
+    import subprocess
+
+    from host import greylist_command
+
+    return subprocess.run(greylist_command(*args), capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), cwd=REPO, timeout=60)

@@ -15,9 +15,7 @@ from greylist.cli.dispatcher_commands import describe
 from greylist.dispatcher_control import Host
 from greylist.settings import load_settings
 from greylist.status import fingerprint
-from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
-from greylist.transfer import write_entries
 from greylist.whitelist import WhitelistEntryError, build
 
 NOW = 1_800_000_000.0
@@ -132,35 +130,6 @@ def test_a_password_every_user_may_read_is_noted(tmp_path):
 
 
 # --- copies between stores --------------------------------------------------------------------
-
-def test_a_copy_keeps_the_newer_state_and_twice_changes_nothing(tmp_path):
-    store = DbmStore(str(tmp_path), auto_whitelist=True)
-    with store.transaction() as tx:
-        tx.set(PASSED_TABLE, "a" * 32, 1000)  # passed here; pending in the copy
-        tx.set(NOT_PASSED_TABLE, "b" * 32, 500)  # pending here; passed in the copy
-        tx.set(PASSED_TABLE, "c" * 32, 3000)  # later here than in the copy
-        tx.set_counted(AUTO_WHITELIST_TABLE, "192.0.2.0/24", 2000, 5)
-    copy = [(NOT_PASSED_TABLE, "a" * 32, 2000, None), (PASSED_TABLE, "b" * 32, 400, None),
-            (PASSED_TABLE, "c" * 32, 2000, None), (AUTO_WHITELIST_TABLE, "192.0.2.0/24", 2500, 3)]
-    for _ in range(2):
-        write_entries(store, copy)
-        assert dict(store.items(PASSED_TABLE)) == {"a" * 32: 1000, "b" * 32: 400, "c" * 32: 3000}
-        assert dict(store.items(NOT_PASSED_TABLE)) == {}
-        assert list(store.counted_items(AUTO_WHITELIST_TABLE)) == [("192.0.2.0/24", 2500, 5)]
-    store.close()
-
-
-def test_a_second_migrate_sends_nobody_back_to_waiting(tmp_path):
-    """allow in the destination, the triplet pending in the source: migrate, then its next message passes."""
-    source, destination = tmp_path / "source", tmp_path / "destination"
-    control = write_control(str(tmp_path / "C"))
-    triplet = ["--sender", "alice@example.com", "--recipient", "bob@example.net", "--ip", "192.0.2.10"]
-    assert greylist("check", "--db-dir", str(source), control).returncode == 75
-    assert greylist("migrate", "--db-dir", str(source), "--to-db-dir", str(destination)).returncode == 0
-    assert greylist("allow", "--db-dir", str(destination), *triplet).returncode == 0
-    again = greylist("migrate", "--db-dir", str(source), "--to-db-dir", str(destination))
-    assert again.returncode == 0, again.stderr
-    assert greylist("check", "--db-dir", str(destination), control).returncode == 0  # passes
 
 
 # --- smaller things ---------------------------------------------------------------------

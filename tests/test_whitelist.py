@@ -7,7 +7,6 @@ import ipaddress
 import pytest
 
 from greylist import policy
-from greylist.report import parse_line, summarise
 from greylist.senders import normalize_sender
 from greylist.spf import spf_pass_domain
 from greylist.whitelist import WhitelistEntryError, build, parse_lines
@@ -121,25 +120,6 @@ def test_auto_whitelist_rule():
     refused = policy.TripletDecision(False, 300, outcomes=[policy.Outcome("k", "new", 300)])
     assert policy.client_record_after((now - 5, 1), refused, now, ttl) is None
     assert policy.client_record_after((now - 5, 4), None, now, ttl) == (int(now), 4)
-
-
-def test_report_parses_log_lines():
-    lines = [
-        "Nov 25 14:00:00 mx courierfilter: greylist: action=greylist, reason=new, "
-        "client_address=192.0.2.10, sender=a@example.com, recipients=b@example.net, wait=00:05:00",
-        "greylist: action=greylist, reason=new, client_address=::ffff:192.0.2.99, sender=a@example.com",
-        "greylist: action=pass, reason=passed, client_address=192.0.2.10, sender=a@example.com, delay=420",
-        "greylist: action=whitelist, reason=whitelisted:client:.google.com, client_address=203.0.113.1",
-        "some other line",
-        "greylist: purge failed: x",
-    ]
-    report = summarise(lines)
-    assert report.messages == 4 and report.skipped_lines == 2
-    assert report.actions == {"greylist": 2, "pass": 1, "whitelist": 1}
-    assert report.greylisted_networks.most_common() == [("192.0.2.0/24", 2)]
-    assert report.delays == [420]
-    assert dict(report.delay_histogram())["5-10 min"] == 1
-    assert parse_line("greylist: action=pass, reason=known")["reason"] == "known"
 
 
 def test_an_address_with_a_prefix_is_the_network_it_is_in():
