@@ -21,12 +21,21 @@ def the_tests_own_etc():
     """In this process too, courier.config reads the tests' etc, never the host's (host.py)."""
     import courier.config
 
-    saved = courier.config._standard_config_paths, courier.config.sysconfdir
+    host.make_courier_layout()
+    saved = courier.config._standard_config_paths, courier.config.sysconfdir, courier.config.localstatedir
     courier.config._standard_config_paths = [host.standard_config()]
     courier.config.sysconfdir = os.path.join(host.ETC, "courier")
+    courier.config.localstatedir = host.SPOOL
     yield
-    courier.config._standard_config_paths, courier.config.sysconfdir = saved
+    courier.config._standard_config_paths, courier.config.sysconfdir, courier.config.localstatedir = saved
     shutil.rmtree(host.ETC, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def the_tests_own_courier(request, monkeypatch):
+    """Every program a test starts asks the tests' courier-config (host.py); tests/e2e asks the host's."""
+    if request.node.get_closest_marker("e2e") is None:
+        monkeypatch.setenv("PATH", f"{host.COURIER_BIN}:{os.environ['PATH']}")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,13 @@ pythonfilter.conf it finds, in /etc before anywhere else.  So:
 * the dispatcher runs, where the host has a pythonfilter.conf of its own, in
   a mount namespace of its own in which the test's file is mounted over the
   host's (``dispatcher_command``): the unmodified dispatcher reads the test's.
+
+Courier's layout too: courier.config asks the ``courier-config`` program for
+sysconfdir and localstatedir, and the filter writes its status file in
+``<localstatedir>/allfilters``.  On a Courier host a test that starts the
+filter would overwrite the running dispatcher's status (as root: for good).
+So every test but tests/e2e runs with ``COURIER_BIN`` first on PATH, whose
+``courier-config`` names ``ETC/courier`` and ``SPOOL`` (conftest.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,19 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_FILTER_CONFS = ["/etc/pythonfilter.conf", "/usr/local/etc/pythonfilter.conf"]
 ETC = os.environ.setdefault("GREYLIST_TEST_ETC", tempfile.mkdtemp(prefix="greylist-test-etc-"))
+SPOOL = os.path.join(ETC, "spool")  # the tests' localstatedir
+COURIER_BIN = os.path.join(ETC, "bin")  # its courier-config
+
+
+def make_courier_layout() -> None:
+    """``COURIER_BIN/courier-config``, naming the tests' sysconfdir and localstatedir."""
+    os.makedirs(os.path.join(SPOOL, "allfilters"), exist_ok=True)
+    os.makedirs(os.path.join(ETC, "courier"), exist_ok=True)
+    os.makedirs(COURIER_BIN, exist_ok=True)
+    program = os.path.join(COURIER_BIN, "courier-config")
+    with open(program, "w") as handle:
+        handle.write(f"#!/bin/sh\necho sysconfdir={ETC}/courier\necho localstatedir={SPOOL}\n")
+    os.chmod(program, 0o755)
 
 
 def standard_config() -> str:

@@ -131,44 +131,6 @@ def test_root_exports_to_a_file_only_root_may_write(tmp_path, beside_nobody):
     assert '"greylist_NotPassed"' in backup.read_text() and backup.stat().st_uid == 0
 
 
-def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    later = tmp_path / "later"
-    config = write_config(str(tmp_path / "m.conf"), str(store), learn_only=True,
-                          whitelist_files=[str(later)])
-    good = run("check-config", "--config", config)
-    assert good.returncode == 0, good.stderr
-    assert f"  learn_only = True  ({config} [greylist.py] learn_only)" in good.stdout
-    assert "  greylist_time = 300  (default)" in good.stdout
-    # Under the keys a postmaster writes, in their sections, lists as lists:
-    assert (f"[ttldb]\n  type = 'dbm'  ({config} [ttldb] type)\n"
-            f"  dir = '{store}'  ({config} [ttldb] dir)\n") in good.stdout
-    assert f"  whitelist_files = ['{later}']  (" in good.stdout
-    assert f"note: whitelist file {later}: does not exist yet; read when it appears" in good.stdout
-    assert f"note: no store in {store} yet: the dispatcher will create it" in good.stdout
-    assert good.stdout.endswith("the dispatcher would start and decide normally\n")
-    assert os.listdir(store) == [] and not later.exists()  # nothing made
-
-    DbmStore(str(store)).close()
-    with open(store / "greylist.lock", "r+b") as lock:
-        lock.seek(4)
-        lock.write((7).to_bytes(4, "little"))
-    foreign = run("check-config", "--config", config)
-    assert foreign.returncode == 1
-    assert "problem: the store in" in foreign.stderr and "has format 7" in foreign.stderr
-
-    for text, problem in [
-        (f"[ttldb]\ndir = '{tmp_path}/nope'\n", f"store directory {tmp_path}/nope does not exist"),
-        ("[greylist.py]\nlearn_only = yes\n", "learn_only: write True (with a capital letter), not yes"),
-    ]:
-        (tmp_path / "bad.conf").write_text(text)
-        bad = run("check-config", "--config", str(tmp_path / "bad.conf"))
-        assert bad.returncode == 1 and problem in bad.stderr, bad.stderr
-    missing = run("check-config", "--config", str(tmp_path / "absent.conf"))
-    assert missing.returncode == 1 and "absent.conf: no such configuration file" in missing.stderr
-
-
 def test_install_and_uninstall_shim(tmp_path):
     config = write_config(str(tmp_path / "m.conf"), str(tmp_path))
     dry = run("install", "--target", str(tmp_path), "--config", config, "--dry-run")

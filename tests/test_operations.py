@@ -15,7 +15,6 @@ from greylist.cli.dispatcher_commands import describe
 from greylist.dispatcher_control import Host
 from greylist.settings import load_settings
 from greylist.status import fingerprint
-from greylist.stores.dbm import DbmStore
 from greylist.whitelist import WhitelistEntryError, build
 
 NOW = 1_800_000_000.0
@@ -106,29 +105,6 @@ def check_config(config: str) -> subprocess.CompletedProcess:
     return greylist("check-config", "--config", config)
 
 
-@pytest.mark.parametrize("setting, value", [("auto_whitelist_clients", 3),
-                                            ("match_retry_by_message_id", True)])
-def test_tables_the_dispatcher_makes_at_start_are_no_problem(tmp_path, setting, value):
-    store = tmp_path / "store"
-    store.mkdir()
-    DbmStore(str(store)).close()  # an existing store, without the new feature's table
-    config = write_config(str(tmp_path / "m.conf"), str(store), **{setting: value})
-    result = check_config(config)
-    assert result.returncode == 0, result.stderr
-    assert "does not exist yet: the dispatcher will create it" in result.stdout
-
-
-def test_a_password_every_user_may_read_is_noted(tmp_path):
-    config = tmp_path / "m.conf"
-    config.write_text("[ttldb]\ntype = 'psycopg2'\nhost = '127.0.0.1'\nport = 1\npassword = 'secret'\n"
-                      "timeout = 1\n")
-    config.chmod(0o644)
-    assert f"note: {config} holds the PostgreSQL password and every user may read it" in \
-        check_config(str(config)).stdout
-    config.chmod(0o640)
-    assert "holds the PostgreSQL password" not in check_config(str(config)).stdout
-
-
 # --- copies between stores --------------------------------------------------------------------
 
 
@@ -156,3 +132,12 @@ def test_commands_do_not_repeat_that_a_whitelist_file_does_not_exist_yet(tmp_pat
     checked = greylist("check", "--config", config, write_control(str(tmp_path / "C")))
     assert checked.returncode == 75 and "does not exist yet" not in checked.stderr
     assert f"whitelist file {later}: does not exist yet" in check_config(config).stdout
+
+
+def test_a_filter_a_test_starts_writes_the_tests_status_never_the_hosts():
+    """On a Courier host, tests must leave the running dispatcher's status file alone (host.py)."""
+    import host
+
+    started = subprocess.run([sys.executable, "-c", "import greylist.status as s; print(s.path())"],
+                             capture_output=True, text=True, timeout=60)
+    assert started.stdout.strip() == f"{host.SPOOL}/allfilters/.courier-greylist.status"

@@ -1,13 +1,28 @@
+"""policy.py: the whole decision, pure: the greylisting rule, retries by Message-ID, the auto-whitelist,
+and decide_message's rule order, held to docs/policy.md."""
+
+import ipaddress
 import os
+import re
 
 from helpers import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greylist import policy
-from greylist.policy import StoredState, Timing, Write, decide_triplets
-from greylist.replies import format_wait, tempfail_reply
-from greylist.tables import MESSAGE_ID_TABLE
+from greylist.policy import (
+    ASK_DNS_LISTS,
+    Facts,
+    ReadStore,
+    Rules,
+    Stored,
+    StoredState,
+    Timing,
+    Write,
+    decide_message,
+    decide_triplets,
+)
+from greylist.tables import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE
 from greylist.tables import NOT_PASSED_TABLE as NOT_PASSED
 from greylist.tables import PASSED_TABLE as PASSED
 
@@ -70,23 +85,7 @@ def test_tombstone_zero_is_absent():
     assert d.outcomes[0].reason == "new"
 
 
-def test_format_wait_rounds_up_and_does_not_wrap():
-    assert format_wait(0) == "00:00:00"
-    assert format_wait(0.2) == "00:00:01"
-    assert format_wait(299.4) == "00:05:00"
-    assert format_wait(300) == "00:05:00"
-    assert format_wait(25 * 3600) == "25:00:00"
-    assert format_wait(100 * 3600 + 61) == "100:01:01"
-
-
-def test_reply_template():
-    assert tempfail_reply(300) == "451 4.7.1 Greylisting in action, please come back in 00:05:00"
-    assert tempfail_reply(60, "450 4.2.0 Greylisted, retry in {wait}") == (
-        "450 4.2.0 Greylisted, retry in 00:01:00")
-
-
 # --- the clock steps -----------------------------------------------------------------------
-
 
 
 def _apply(store: dict, decision) -> None:
@@ -199,11 +198,6 @@ def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known,
 
 # --- the whole decision: decide_message ------------------------------------------------------
 
-import ipaddress  # noqa: E402
-import re  # noqa: E402
-
-from greylist.policy import ASK_DNS_LISTS, Facts, ReadStore, Rules, Stored, decide_message  # noqa: E402
-from greylist.tables import AUTO_WHITELIST_TABLE  # noqa: E402
 
 ADDRESS = ipaddress.ip_address("192.0.2.10")
 RULES = Rules(timing=T, auto_whitelist_clients=1)
@@ -314,3 +308,23 @@ def test_an_auto_whitelisted_network_is_refreshed_and_its_triplets_untouched():
     decision = decided(facts, stored)
     assert (decision.action, decision.reason) == ("whitelist", "auto-whitelisted")
     assert decision.writes == [Write(AUTO_WHITELIST_TABLE, "192.0.2.0/24", int(NOW), 3)]
+
+
+def test_auto_whitelist_rule():
+    now, ttl = 1_000_000.0, 1000.0
+    assert not policy.auto_whitelisted(None, now, ttl, 3)
+    assert not policy.auto_whitelisted((now, 2), now, ttl, 3)
+    assert policy.auto_whitelisted((now - 10, 3), now, ttl, 3)
+    assert not policy.auto_whitelisted((now - 1001, 30), now, ttl, 3)  # silent too long
+    assert not policy.auto_whitelisted((now, 30), now, ttl, 0)  # off
+    passed = policy.TripletDecision(True, 0, outcomes=[policy.Outcome("k1", "passed"),
+                                                policy.Outcome("k1", "passed"),
+                                                policy.Outcome("k2", "passed")])
+    assert policy.client_record_after(None, passed, now, ttl) == (int(now), 2)
+    assert policy.client_record_after((now - 2000, 5), passed, now, ttl) == (int(now), 2)  # expired
+    known = policy.TripletDecision(True, 0, outcomes=[policy.Outcome("k", "known")])
+    assert policy.client_record_after(None, known, now, ttl) is None
+    assert policy.client_record_after((now - 5, 1), known, now, ttl) == (int(now), 1)
+    refused = policy.TripletDecision(False, 300, outcomes=[policy.Outcome("k", "new", 300)])
+    assert policy.client_record_after((now - 5, 1), refused, now, ttl) is None
+    assert policy.client_record_after((now - 5, 4), None, now, ttl) == (int(now), 4)
