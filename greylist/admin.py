@@ -105,8 +105,8 @@ class Lookup:
 
 def _state(recipient: str, key: str, stored: policy.StoredState, now: float,
            timing: policy.Timing) -> TripletState:
-    first = policy._live(stored.not_passed, timing.not_passed_ttl, now)
-    last = policy._live(stored.passed, timing.passed_ttl, now)
+    first = policy.live_time(stored.not_passed, timing.not_passed_ttl, now)
+    last = policy.live_time(stored.passed, timing.passed_ttl, now)
     if first is not None:
         return TripletState(recipient, key, "pending", first_seen=first,
                             passes_at=first + timing.greylist_time,
@@ -141,7 +141,7 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
     if every.client_key is not None:
         record = every.client
         lookup.client = ClientState(every.client_key, settings.auto_whitelist_clients)
-        if record is not None and policy._live(record[0], settings.senders_passed_ttl, now):
+        if record is not None and policy.live_time(record[0], settings.senders_passed_ttl, now):
             lookup.client.last_seen, lookup.client.passes = record
             lookup.client.whitelisted = policy.auto_whitelisted(
                 record, now, settings.senders_passed_ttl, settings.auto_whitelist_clients)

@@ -253,7 +253,7 @@ class TripletDecision:
     writes: list = field(default_factory=list)
 
 
-def _live(timestamp: Optional[float], ttl: float, now: float) -> Optional[float]:
+def live_time(timestamp: Optional[float], ttl: float, now: float) -> Optional[float]:
     """A stored time as the rule sees it: None when expired, never in the future."""
     if timestamp is None or timestamp <= 0:
         return None
@@ -277,8 +277,8 @@ def decide_triplets(keys: Iterable[str], stored: Mapping[str, StoredState], now:
     stamp = int(now)
     for key in keys:
         current = state.get(key, _NOTHING_STORED)
-        first_seen = _live(current.not_passed, timing.not_passed_ttl, now)
-        last_passed = _live(current.passed, timing.passed_ttl, now)
+        first_seen = live_time(current.not_passed, timing.not_passed_ttl, now)
+        last_passed = live_time(current.passed, timing.passed_ttl, now)
         if first_seen is not None:
             time_to_go = first_seen + timing.greylist_time - now
             if time_to_go > 0:
@@ -334,7 +334,7 @@ def retried_by_message_id(decision: TripletDecision, message_keys: Mapping[str, 
             continue
         message_key = message_keys[key]
         written = seen.get(message_key)
-        first = _live(written, timing.not_passed_ttl, now)
+        first = live_time(written, timing.not_passed_ttl, now)
         if first is not None and first + timing.greylist_time <= now:
             passing.add(key)
             outcomes.append(Outcome(key, "retry-by-message-id", pending_for=now - first))
@@ -361,7 +361,7 @@ def retried_by_message_id(decision: TripletDecision, message_keys: Mapping[str, 
 
 
 def _live_record(record: Optional[ClientRecord], ttl: float, now: float) -> Optional[ClientRecord]:
-    if record is None or _live(record[0], ttl, now) is None:
+    if record is None or live_time(record[0], ttl, now) is None:
         return None
     return record
 
