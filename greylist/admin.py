@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from . import policy
-from .filter import GreylistFilter
+from .filter import GreylistFilter, read_stored
 from .stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from .triplet import IPAddress, network_of
 
@@ -128,10 +128,12 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
         facts = facts._replace(standing=greylist.exemptions.standing(facts))
         step = policy.decide_message(facts, None, now, rules)
     lookup = Lookup(network=network_of(address, settings.ipv4_prefix, settings.ipv6_prefix))
+    keys = greylist.keys.of_message(sender, recipients, address)
     with greylist.store.transaction() as tx:  # read only: nothing is written
-        every = greylist.read_stored(tx, facts, recipients)
+        every = read_stored(tx, keys)
         if isinstance(step, policy.ReadStore):
-            step = policy.decide_message(facts, greylist.read_stored(tx, facts, step.recipients), now, rules)
+            wanted = greylist.keys.of_message(sender, step.recipients, address)
+            step = policy.decide_message(facts, read_stored(tx, wanted), now, rules)
     lookup.action, lookup.reason, lookup.reply = step.action, step.reason, step.reply
     rules_of = facts.recipient_rules or (None,) * len(recipients)
     for recipient, key, rule in zip(recipients, every.keys, rules_of):

@@ -68,22 +68,28 @@ class Verdict:
         # Written for every message: one string built up, no intermediate list.
         safe = log_safe
         decision = self.decision
+        facts = self.facts
         line = f"greylist: action={decision.action}, reason={safe(decision.reason)}"
         if decision.action == "learn":
             line += ", would=greylist"
-        facts = self.facts
         if facts is not None:
-            if facts.client_ip is not None:
-                line += f", client_address={safe(facts.client_ip)}"
-            if facts.client_name:
-                line += f", client_name={safe(facts.client_name)}"
-            if facts.sender is not None:
-                line += f", sender={safe(facts.sender)}"
-            recipients = facts.recipients
-            if recipients:
-                line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
-                if len(recipients) > 5:
-                    line += f",+{len(recipients) - 5}"
+            client_ip, client_name, sender, recipients = facts.client_ip, facts.client_name, facts.sender, \
+                facts.recipients
+            if client_ip is not None and client_name and sender is not None and len(recipients) == 1:
+                # The usual message, in one piece.
+                line += (f", client_address={safe(client_ip)}, client_name={safe(client_name)}, "
+                         f"sender={safe(sender)}, recipients={safe(recipients[0], 100)}")
+            else:
+                if client_ip is not None:
+                    line += f", client_address={safe(client_ip)}"
+                if client_name:
+                    line += f", client_name={safe(client_name)}"
+                if sender is not None:
+                    line += f", sender={safe(sender)}"
+                if recipients:
+                    line += ", recipients=" + ",".join([safe(r, 100) for r in recipients[:5]])
+                    if len(recipients) > 5:
+                        line += f",+{len(recipients) - 5}"
         if self.spf_domain:
             line += f", spf_domain={safe(self.spf_domain)}"
         if decision.whitelisted_recipients:

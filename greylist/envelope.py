@@ -50,15 +50,15 @@ class Envelope:
     auth_user: Optional[str] = None
 
 
-def _mark_finished(recipients: list, status_lines: list) -> None:
-    """Apply ``S``/``F`` records (``S<n> ...``) to this file's recipients; others are skipped."""
+def _finished(status_lines: list) -> set:
+    """The recipient numbers that ``S``/``F`` records (``S<n> ...``) say are done; others are skipped."""
+    numbers = set()
     for line in status_lines:
         try:
-            number = int(line[1:].split(b" ", 1)[0])
+            numbers.add(int(line[1:].split(b" ", 1)[0]))
         except ValueError:
             continue
-        if 0 <= number < len(recipients):
-            recipients[number][1] = True
+    return numbers
 
 
 def _read_file(path: str) -> bytes:
@@ -115,7 +115,7 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             data = _read_file(path)
         except (OSError, ValueError, TypeError) as error:
             raise EnvelopeError(f"cannot read control file {path!r}: {error}") from None
-        recipients: list = []  # [address, delivered], numbered per file
+        recipients: list = []  # numbered per file
         status_lines: list = []
         address = ""
         for line in data.split(b"\n"):
@@ -127,7 +127,7 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             elif key == b"N":
                 # Like courier.control: a record with an empty address gets no number.
                 if address:
-                    recipients.append([address, False])
+                    recipients.append(address)
                 address = ""
             elif key == b"S" or key == b"F":
                 status_lines.append(line)
@@ -146,8 +146,9 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
                 if envelope.auth_user is None:
                     envelope.auth_user = decode_value(line[1:])
         if status_lines:
-            _mark_finished(recipients, status_lines)
-        envelope.recipients.extend(address for address, delivered in recipients if not delivered)
+            done = _finished(status_lines)
+            recipients = [address for number, address in enumerate(recipients) if number not in done]
+        envelope.recipients.extend(recipients)
     return envelope
 
 

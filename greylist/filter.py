@@ -31,16 +31,25 @@ from . import policy
 from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, message_id, read_envelope, read_header_block
 from .exemptions import Exemptions
-from .keys import Keys
+from .keys import Keys, MessageKeys
 from .maillog import stderr_line
 from .metrics import LONG_LOCK_WAIT, Counts
 from .replies import INTERNAL_FAILURE_REPLY, UNAVAILABLE_REPLY
 from .settings import Settings
 from .spf import spf_pass_domain
-from .stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PASSED_TABLE, Store, StoreError
+from .stores import (
+    AUTO_WHITELIST_TABLE,
+    MESSAGE_ID_TABLE,
+    NOT_PASSED_TABLE,
+    PASSED_TABLE,
+    Store,
+    StoreError,
+    Transaction,
+)
 from .upkeep import Upkeep
 
 STORE_FAILURE_REPLY = UNAVAILABLE_REPLY
+_TRIPLET_TABLES = (NOT_PASSED_TABLE, PASSED_TABLE)
 
 
 def rules_of(settings: Settings) -> policy.Rules:
@@ -170,35 +179,34 @@ class GreylistFilter:
     def _decide_in_store(self, facts: policy.Facts, request: policy.ReadStore, now: float,
                          spf_domain: Optional[str], message: Optional[str]) -> policy.Decision:
         """Read every key once, decide once, write once: one transaction."""
+        keys = self.keys.of_message(facts.sender, request.recipients, facts.address, spf_domain, message)
+        self.prefetch(keys)
         with self.store.transaction() as tx:
-            stored = self.read_stored(tx, facts, request.recipients, spf_domain, message)
+            stored = read_stored(tx, keys)
             if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
                 self.counts.lock_waited()
             decision = policy.decide_message(facts, stored, now, self.rules)
             tx.write(decision.writes)
         return decision
 
-    def read_stored(self, tx, facts: policy.Facts, recipients: Sequence[str],
-                    spf_domain: Optional[str] = None, message: Optional[str] = None) -> policy.Stored:
-        """What the store holds for these recipients of a message, every key read once."""
-        keys = self.keys.triplets(facts.sender, recipients, facts.address, spf_domain)
-        message_keys = (dict(zip(keys, self.keys.triplets(facts.sender, recipients, facts.address,
-                                                          message=message)))
-                        if message is not None else {})
-        client_key = self.keys.client(facts.address)
-        unique = list(dict.fromkeys(keys))
-        self.store.prefetch(NOT_PASSED_TABLE, unique)
-        self.store.prefetch(PASSED_TABLE, unique)
-        tx.lock_and_load(keys, (client_key,) if client_key else (), tuple(message_keys.values()))
-        return policy.Stored(
-            tuple(keys),
-            {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))
-             for key in unique},
-            client_key, tx.get_counted(AUTO_WHITELIST_TABLE, client_key) if client_key else None,
-            message_keys, {key: tx.get(MESSAGE_ID_TABLE, key) for key in message_keys.values()})
+    def prefetch(self, keys: MessageKeys) -> None:
+        """Before the lock: look up what the transaction will read, where the store can (gdbm)."""
+        self.store.prefetch(_TRIPLET_TABLES, keys.unique)
 
     # --- upkeep ------------------------------------------------------------------
 
     def purge(self, now: float, progress: Optional[Callable[[str, int], None]] = None) -> int:
         """Drop expired entries from every table now; see Upkeep.purge."""
         return self.upkeep.purge(now, progress)
+
+
+def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
+    """What the store holds under a message's keys, every key read once (in a transaction)."""
+    client = keys.client
+    tx.lock_and_load(keys.triplets, (client,) if client else (), tuple(keys.messages.values()))
+    return policy.Stored(
+        keys.triplets,
+        {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))
+         for key in keys.unique},
+        client, tx.get_counted(AUTO_WHITELIST_TABLE, client) if client else None,
+        keys.messages, {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()})

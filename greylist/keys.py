@@ -7,11 +7,20 @@ when Courier's SPF check passed or a retry is matched by Message-ID.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .senders import normalize_sender
 from .settings import Settings
 from .triplet import IPAddress, client_network, network_of, triplet_key
+
+
+class MessageKeys(NamedTuple):
+    """Every key a message's decision reads, known before the store is asked."""
+
+    triplets: Tuple[str, ...]  # in recipient order, repeats kept
+    unique: Tuple[str, ...]  # each once
+    client: Optional[str] = None  # its network, with auto_whitelist_clients
+    messages: Dict[str, str] = {}  # triplet key -> Message-ID key, with match_retry_by_message_id
 
 
 class Keys:
@@ -37,6 +46,14 @@ class Keys:
         if self.normalize:
             sender = normalize_sender(sender)
         return [triplet_key(sender, recipient.lower(), network) for recipient in recipients]
+
+    def of_message(self, sender: str, recipients: Sequence[str], address: IPAddress,
+                   spf_domain: Optional[str] = None, message: Optional[str] = None) -> MessageKeys:
+        """Every key of a message: its triplets', its client network's, its Message-ID's."""
+        triplets = self.triplets(sender, recipients, address, spf_domain)
+        messages = (dict(zip(triplets, self.triplets(sender, recipients, address, message=message)))
+                    if message is not None else {})
+        return MessageKeys(tuple(triplets), tuple(dict.fromkeys(triplets)), self.client(address), messages)
 
     def client(self, address: IPAddress) -> Optional[str]:
         """The auto-whitelist's key for a client (its network), or None when auto-whitelisting is off."""

@@ -181,12 +181,15 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
         return Decision("whitelist", reason="relayclient")
     if facts.sender_rule is not None:  # 4
         return Decision("whitelist", reason=f"whitelisted:sender:{facts.sender_rule}")
-    kept = [n for n, rule in enumerate(facts.recipient_rules) if rule is None] \
-        if facts.recipient_rules else range(len(facts.recipients))
-    if not kept:  # 5: a whitelisted recipient is left out; the others still decide
-        return Decision("whitelist", reason=f"whitelisted:recipient:{facts.recipient_rules[0]}")
-    left_out = len(facts.recipients) - len(kept)
-    if facts.opted_in is not None and not all(facts.opted_in[n] for n in kept):
+    recipients, opted_in = facts.recipients, facts.opted_in
+    if facts.recipient_rules:  # 5: a whitelisted recipient is left out; the others still decide
+        kept = [n for n, rule in enumerate(facts.recipient_rules) if rule is None]
+        if not kept:
+            return Decision("whitelist", reason=f"whitelisted:recipient:{facts.recipient_rules[0]}")
+        recipients = tuple(recipients[n] for n in kept)
+        opted_in = None if opted_in is None else tuple(opted_in[n] for n in kept)
+    left_out = len(facts.recipients) - len(recipients)
+    if opted_in is not None and not all(opted_in):
         # 6: greylisted only when every recipient asked for it (docs/policy.md says why)
         return Decision("pass", reason="recipient-not-greylisted", whitelisted_recipients=left_out)
     timing = rules.timing
@@ -201,8 +204,9 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
         elif rules.suspicious_only and not standing.suspicious:
             return Decision("pass", reason="not-suspicious", whitelisted_recipients=left_out)
     if stored is None:
-        return ReadStore(tuple(facts.recipients[n] for n in kept), timing)
-    if auto_whitelisted(stored.client, now, timing.passed_ttl, rules.auto_whitelist_clients):  # 8
+        return ReadStore(recipients, timing)
+    if rules.auto_whitelist_clients and auto_whitelisted(  # 8
+            stored.client, now, timing.passed_ttl, rules.auto_whitelist_clients):
         decision = Decision("whitelist", reason="auto-whitelisted", whitelisted_recipients=left_out)
         _record_client(decision, stored, None, now, timing)
         return decision
@@ -214,43 +218,46 @@ def _greylisting(stored: Stored, now: float, timing: Timing, rules: Rules, left_
     triplets = decide_triplets(stored.keys, stored.triplets, now, timing)
     if stored.message_keys and not triplets.accept:
         triplets = retried_by_message_id(triplets, stored.message_keys, stored.messages, now, timing)
-    reasons = {outcome.reason for outcome in triplets.outcomes}
-    delays = [o.pending_for for o in triplets.outcomes if o.pending_for is not None]
+    # One walk over the outcomes: the most telling reason, and the longest time a triplet waited.
+    passed = by_message_id = early = False
+    delay = None
+    for outcome in triplets.outcomes:
+        reason = outcome.reason
+        if reason == "passed" or reason == "retry-by-message-id":
+            passed, by_message_id = True, by_message_id or reason == "retry-by-message-id"
+            if delay is None or outcome.pending_for > delay:
+                delay = outcome.pending_for
+        elif reason == "early-retry":
+            early = True
     if triplets.accept:
-        reason = next((r for r in ("retry-by-message-id", "passed") if r in reasons), "known")
-        decision = Decision("pass", reason=reason)
+        reason = "retry-by-message-id" if by_message_id else "passed" if passed else "known"
+        decision = Decision("pass", reason, "", None, triplets.writes, triplets.outcomes, left_out, delay)
     else:
-        action = "learn" if rules.learn_only else "greylist"
-        reason = "early-retry" if "early-retry" in reasons else "new"
         reply = "" if rules.learn_only else tempfail_reply(triplets.wait, rules.reply)
-        decision = Decision(action, reason=reason, reply=reply, wait=triplets.wait)
-    decision.writes = triplets.writes
-    decision.outcomes = triplets.outcomes
-    decision.whitelisted_recipients = left_out
-    decision.delay = max(delays) if delays else None
-    _record_client(decision, stored, triplets, now, timing)
+        decision = Decision("learn" if rules.learn_only else "greylist", "early-retry" if early else "new",
+                            reply, triplets.wait, triplets.writes, triplets.outcomes, left_out, delay)
+    if stored.client_key is not None:
+        _record_client(decision, stored, triplets, now, timing)
     return decision
 
 
 def _record_client(decision: Decision, stored: Stored, triplets: Optional[TripletDecision],
                    now: float, timing: Timing) -> None:
-    if stored.client_key is not None:
-        update = client_record_after(stored.client, triplets, now, timing.passed_ttl)
-        if update is not None:
-            decision.writes.append(Write(AUTO_WHITELIST_TABLE, stored.client_key, *update))
+    update = client_record_after(stored.client, triplets, now, timing.passed_ttl)
+    if update is not None:
+        decision.writes.append(Write(AUTO_WHITELIST_TABLE, stored.client_key, *update))
 
 
 # --- the greylisting rule, per triplet ------------------------------------------------------
 
 
-@dataclass
-class TripletDecision:
+class TripletDecision(NamedTuple):
     """The greylisting rule's verdict on a message's triplets, and the writes that record it."""
 
     accept: bool
     wait: float
-    outcomes: list = field(default_factory=list)
-    writes: list = field(default_factory=list)
+    outcomes: list = []
+    writes: list = []
 
 
 def live_time(timestamp: Optional[float], ttl: float, now: float) -> Optional[float]:
@@ -273,37 +280,36 @@ def decide_triplets(keys: Iterable[str], stored: Mapping[str, StoredState], now:
     one wrote.
     """
     state = dict(stored)  # what this message has written so far shadows the tables
-    decision = TripletDecision(accept=True, wait=0.0)
+    accept, wait, outcomes, writes = True, 0.0, [], []
     stamp = int(now)
     for key in keys:
         current = state.get(key, _NOTHING_STORED)
         first_seen = live_time(current.not_passed, timing.not_passed_ttl, now)
-        last_passed = live_time(current.passed, timing.passed_ttl, now)
         if first_seen is not None:
             time_to_go = first_seen + timing.greylist_time - now
             if time_to_go > 0:
-                decision.accept = False
-                decision.wait = max(decision.wait, time_to_go)
-                decision.outcomes.append(Outcome(key, "early-retry", time_to_go))
+                accept = False
+                wait = max(wait, time_to_go)
+                outcomes.append(Outcome(key, "early-retry", time_to_go))
                 if current.not_passed > now:  # from a clock that was ahead: the wait starts now
-                    decision.writes.append(Write(NOT_PASSED_TABLE, key, stamp))
+                    writes.append(Write(NOT_PASSED_TABLE, key, stamp))
                     state[key] = StoredState(float(stamp), current.passed)
                 continue
-            decision.writes.append(Write(PASSED_TABLE, key, stamp))
-            decision.writes.append(Write(NOT_PASSED_TABLE, key, None))
+            writes.append(Write(PASSED_TABLE, key, stamp))
+            writes.append(Write(NOT_PASSED_TABLE, key, None))
             state[key] = StoredState(None, float(stamp))
-            decision.outcomes.append(Outcome(key, "passed", pending_for=now - first_seen))
-        elif last_passed is not None:
-            decision.writes.append(Write(PASSED_TABLE, key, stamp))
+            outcomes.append(Outcome(key, "passed", pending_for=now - first_seen))
+        elif live_time(current.passed, timing.passed_ttl, now) is not None:
+            writes.append(Write(PASSED_TABLE, key, stamp))
             state[key] = StoredState(None, float(stamp))
-            decision.outcomes.append(Outcome(key, "known"))
+            outcomes.append(Outcome(key, "known"))
         else:
-            decision.accept = False
-            decision.wait = max(decision.wait, timing.greylist_time)
-            decision.writes.append(Write(NOT_PASSED_TABLE, key, stamp))
+            accept = False
+            wait = max(wait, timing.greylist_time)
+            writes.append(Write(NOT_PASSED_TABLE, key, stamp))
             state[key] = StoredState(float(stamp), current.passed)
-            decision.outcomes.append(Outcome(key, "new", timing.greylist_time))
-    return decision
+            outcomes.append(Outcome(key, "new", timing.greylist_time))
+    return TripletDecision(accept, wait, outcomes, writes)
 
 
 # --- a retry of the same message from another address of the sender's pool ----------

@@ -39,7 +39,8 @@ def _literal_words(node: ast.AST) -> list:
 
 def reasons_in_code() -> set:
     """Every reason= value the filter can log, read from its source: ``reason=`` in log text, the
-    ``reason=`` keyword of a call (a Decision), and what a variable named ``reason`` is given."""
+    ``reason=`` keyword of a call, a Decision's second argument, and what a variable named
+    ``reason`` is given."""
     found = set()
     for name in os.listdir(os.path.join(ROOT, "greylist")):
         if not name.endswith(".py"):
@@ -51,6 +52,8 @@ def reasons_in_code() -> set:
                 found.update(_literal_words(node.value))
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "reason" for t in node.targets):
                 found.update(_literal_words(node.value))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Decision" and len(node.args) > 1:
+                found.update(_literal_words(node.args[1]))  # Decision(action, reason, ...)
     return found
 
 

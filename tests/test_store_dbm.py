@@ -518,14 +518,14 @@ def test_gdbm_prefetch_outside_the_lock_never_answers_for_a_replaced_file(tmp_pa
         t.set(PASSED_TABLE, "k", 1_000)
         t.set(PASSED_TABLE, "old", 10)
     # Only in the journal: the file says nothing, the overlay read under the lock does.
-    reader.prefetch(PASSED_TABLE, ["k"])
+    reader.prefetch([PASSED_TABLE], ["k"])
     with reader.transaction() as t:
         assert t.get(PASSED_TABLE, "k") == 1_000
     # The writer folds: a new file holds k, the journal is emptied.  What the
     # reader then looks up in its old file before taking the lock (k absent)
     # must not be believed once the lock shows it the new file.
     writer.purge(PASSED_TABLE, older_than=500)
-    reader.prefetch(PASSED_TABLE, ["k", "old"])
+    reader.prefetch([PASSED_TABLE], ["k", "old"])
     with reader.transaction() as t:
         assert t.get(PASSED_TABLE, "k") == 1_000
         assert t.get(PASSED_TABLE, "old") is None
@@ -533,7 +533,7 @@ def test_gdbm_prefetch_outside_the_lock_never_answers_for_a_replaced_file(tmp_pa
     # journal still goes first.
     with writer.transaction() as t:
         t.set(PASSED_TABLE, "k", 2_000)
-    reader.prefetch(PASSED_TABLE, ["k"])
+    reader.prefetch([PASSED_TABLE], ["k"])
     with reader.transaction() as t:
         assert t.get(PASSED_TABLE, "k") == 2_000
     writer.close()

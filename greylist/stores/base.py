@@ -12,13 +12,9 @@ from __future__ import annotations
 import abc
 import math
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from ..errors import GreylistError
-
-if TYPE_CHECKING:
-    pass
-
 from ..tables import (  # noqa: F401  (the stores' own vocabulary, imported from here too)
     ALL_TABLES,
     AUTO_WHITELIST_TABLE,
@@ -146,8 +142,8 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractContextManager:
         """A context manager yielding a Transaction, exclusive across processes."""
 
-    def prefetch(self, table: str, keys: Sequence[str]) -> None:  # noqa: B027
-        """Before a transaction: look up in ``table`` what can be looked up without the lock.
+    def prefetch(self, tables: Sequence[str], keys: Sequence[str]) -> None:  # noqa: B027
+        """Before a transaction: look up in ``tables`` what can be looked up without the lock.
 
         Only a hint; the transaction's reads return the same either way.
         """

@@ -67,8 +67,8 @@ class StoreLock:
         self._mode = fcntl.LOCK_SH if readonly else fcntl.LOCK_EX
         self._fd: Optional[int] = self._open()
         # The header as read when the lock was taken, kept up to date by this
-        # hold's writes: one read per hold.
-        self._state = (0, 0.0, 0)
+        # hold's writes: one read per hold (meaningful while the lock is held).
+        self.generation, self.last_purged, self.folds = 0, 0.0, 0
 
     def _open(self) -> Optional[int]:
         try:
@@ -118,7 +118,7 @@ class StoreLock:
                     fcntl.flock(self._fd, self._mode)
                 if os.fstat(self._fd).st_nlink == 0:
                     self._follow_the_path()
-            self._state = self._read_header()
+            self.generation, self.last_purged, self.folds = self._read_header()
         except BaseException:
             self._unlock_the_file()
             self._thread_lock.release()
@@ -201,35 +201,24 @@ class StoreLock:
         if os.pwrite(self._fd, data, offset) != len(data):
             raise OSError(errno.ENOSPC, f"short write to {self.path}")
 
-    def _set_state(self, generation: int, last_purge: float, folds: int) -> None:
-        self._state = (generation, last_purge, folds)
+    def _set_state(self, generation: int, last_purged: float, folds: int) -> None:
+        self.generation, self.last_purged, self.folds = generation, last_purged, folds
         if not self.readonly and self._fd is not None:
-            self._write(_STATE.pack(generation, last_purge, folds), _STATE_OFFSET)
-
-    def read_state(self) -> Tuple[int, int]:
-        """The generation and the fold count, as read when the lock was taken."""
-        return self._state[0], self._state[2]
-
-    def last_purge(self) -> float:
-        return self._state[1]
+            self._write(_STATE.pack(generation, last_purged, folds), _STATE_OFFSET)
 
     def set_last_purge(self, when: float) -> None:
-        generation, _, folds = self._state
-        self._set_state(generation, when, folds)
+        self._set_state(self.generation, when, self.folds)
 
     def begin_write(self) -> int:
         """Before a hold's first write: a new generation, which tells the others; returns it."""
-        generation, last_purge, folds = self._state
-        generation = (generation + 1) & (2**62 - 1)
-        self._state = (generation, last_purge, folds)
+        generation = self.generation = (self.generation + 1) & (2**62 - 1)
         if not self.readonly and self._fd is not None:
             self._write(_GENERATION.pack(generation), _STATE_OFFSET)
         return generation
 
     def count_fold(self) -> None:
         """A file was replaced: other processes must look at theirs."""
-        generation, last_purge, folds = self._state
-        self._set_state(generation, last_purge, (folds + 1) & 0xFFFFFFFF)
+        self._set_state(self.generation, self.last_purged, (self.folds + 1) & 0xFFFFFFFF)
 
     def close(self) -> None:
         if self._fd is not None:

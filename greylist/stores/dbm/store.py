@@ -123,7 +123,7 @@ class DbmStore(Store):
                         self._tables[name].refresh()  # what was written meanwhile; a torn line
                     else:
                         self._tables[name] = self._open_table(os.path.join(directory, name))
-                self._generation, self._folds = self._lock.read_state()
+                self._generation, self._folds = self._lock.generation, self._lock.folds
             self._tables = {name: self._tables[name] for name in self.tables}  # TABLES' order
         except OSError as error:
             self._close_files()
@@ -164,7 +164,7 @@ class DbmStore(Store):
         lock = self._lock
         waited = lock.acquire()
         try:
-            generation, folds = lock.read_state()
+            generation, folds = lock.generation, lock.folds
             if generation != self._generation:
                 self._files_replaced = True
                 for table in self._tables.values():
@@ -221,7 +221,7 @@ class DbmStore(Store):
     def count_fold(self) -> None:
         """A file was replaced (under the lock): other processes must look at theirs."""
         self._lock.count_fold()
-        self._folds = self._lock.read_state()[1]
+        self._folds = self._lock.folds
 
     def note_write(self) -> None:
         """Called before the first write of a lock hold: tell other processes."""
@@ -234,16 +234,18 @@ class DbmStore(Store):
     def transaction(self) -> DbmTransaction:
         return DbmTransaction(self, self._tables)
 
-    def prefetch(self, table: str, keys: Sequence[str]) -> None:
-        opened = self._tables.get(table)
-        if opened is not None:
-            opened.prefetch([key.encode("latin-1") for key in keys])
+    def prefetch(self, tables: Sequence[str], keys: Sequence[str]) -> None:
+        encoded = [key.encode("latin-1") for key in keys]
+        for table in tables:
+            opened = self._tables.get(table)
+            if opened is not None:
+                opened.prefetch(encoded)
 
     def claim_purge(self, now: float, interval: float) -> bool:
         if self.readonly:
             return False
         with self._lock.held():
-            last_purge = self._lock.last_purge()
+            last_purge = self._lock.last_purged
             if last_purge <= now < last_purge + interval:
                 return False
             self._lock.set_last_purge(now)

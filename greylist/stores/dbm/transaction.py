@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Iterable, Mapping, Optional, Tuple
 
 from ..base import (
     StoreError,
@@ -52,6 +52,21 @@ class DbmTransaction(Transaction):
     def delete(self, table: str, key: str) -> None:
         self._hold.note_write()
         self._tables[table].delete(key.encode("latin-1"))
+
+    def write(self, writes: Iterable) -> None:
+        # Every message that passes or waits writes: the generic loop, without a call per write.
+        if not writes:
+            return
+        self._hold.note_write()
+        tables = self._tables
+        for table, key, timestamp, count in writes:
+            raw_key = key.encode("latin-1")
+            if count is not None:
+                tables[table].set(raw_key, format_counted(timestamp, count))
+            elif timestamp is None:
+                tables[table].delete(raw_key)
+            else:
+                tables[table].set(raw_key, format_timestamp(timestamp))
 
     def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
         return parse_counted(self._tables[table].get(key.encode("latin-1")))
