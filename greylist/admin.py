@@ -133,7 +133,7 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
         every = read_stored(tx, keys)
         if isinstance(step, policy.ReadStore):
             wanted = greylist.keys.of_message(sender, step.recipients, address)
-            step = policy.decide_message(facts, read_stored(tx, wanted), now, rules)
+            step = policy.decide_stored(step, read_stored(tx, wanted), now, rules)
     lookup.action, lookup.reason, lookup.reply = step.action, step.reason, step.reply
     rules_of = facts.recipient_rules or (None,) * len(recipients)
     for recipient, key, rule in zip(recipients, every.keys, rules_of):

@@ -135,8 +135,8 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
                 if envelope.sender is None:
                     envelope.sender = decode_value(line[1:])
             elif key == b"O":
-                if envelope.client_ip is None:
-                    option = decode_value(line[1:])
+                if envelope.client_ip is None and line[1:].strip().startswith(b"TCPREMOTEIP="):
+                    option = decode_value(line[1:])  # other options are not even decoded
                     if option.startswith("TCPREMOTEIP="):
                         envelope.client_ip = option[12:]
             elif key == b"f":

@@ -100,12 +100,14 @@ class Exemptions:
         opted_in = None
         if self.greylist_recipients is not None:
             opted_in = tuple(self.greylist_recipients.match_recipient(r) is not None for r in recipients)
+        # In Facts' order, without keywords: built for every message, and a named
+        # tuple takes keywords at twice the cost (0.52 us against 0.27).
         return Facts(sender, recipients, client_ip, address, name,
-                     authenticated=self.skip_authenticated and bool(auth_user),
-                     client_rule=client_rule,
-                     relay_client=self.smtpaccess is not None and self.smtpaccess.is_relay_client(address),
-                     sender_rule=sender_rule, recipient_rules=recipient_rules, opted_in=opted_in,
-                     dns_lists=self.reputation is not None)
+                     self.skip_authenticated and bool(auth_user),  # authenticated
+                     client_rule,
+                     self.smtpaccess is not None and self.smtpaccess.is_relay_client(address),  # relay_client
+                     sender_rule, recipient_rules, opted_in,
+                     self.reputation is not None)  # dns_lists
 
     def standing(self, facts: Facts, while_waiting: Optional[ContextManager] = None) -> Reputation:
         """The client's answers from the DNS lists and its name; ``while_waiting`` around the waits."""

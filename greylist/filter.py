@@ -185,7 +185,7 @@ class GreylistFilter:
             stored = read_stored(tx, keys)
             if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
                 self.counts.lock_waited()
-            decision = policy.decide_message(facts, stored, now, self.rules)
+            decision = policy.decide_stored(request, stored, now, self.rules)
             tx.write(decision.writes)
         return decision
 
@@ -203,7 +203,8 @@ class GreylistFilter:
 def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
     """What the store holds under a message's keys, every key read once (in a transaction)."""
     client = keys.client
-    tx.lock_and_load(keys.triplets, (client,) if client else (), tuple(keys.messages.values()))
+    tx.lock_and_load(keys.triplets, (client,) if client else (),
+                     tuple(keys.messages.values()) if keys.messages else ())
     return policy.Stored(
         keys.triplets,
         {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))

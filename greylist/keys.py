@@ -53,7 +53,9 @@ class Keys:
         triplets = self.triplets(sender, recipients, address, spf_domain)
         messages = (dict(zip(triplets, self.triplets(sender, recipients, address, message=message)))
                     if message is not None else {})
-        return MessageKeys(tuple(triplets), tuple(dict.fromkeys(triplets)), self.client(address), messages)
+        keys = tuple(triplets)
+        unique = keys if len(keys) == 1 else tuple(dict.fromkeys(keys))
+        return MessageKeys(keys, unique, self.client(address), messages)
 
     def client(self, address: IPAddress) -> Optional[str]:
         """The auto-whitelist's key for a client (its network), or None when auto-whitelisting is off."""

@@ -151,10 +151,12 @@ class Decision:
 
 
 class ReadStore(NamedTuple):
-    """``decide_message``'s request: read the store for these recipients, then call again."""
+    """``decide_message``'s request: read the store for these recipients, then call again
+    (or ``decide_stored`` with this request: the same decision, the rules before the store skipped)."""
 
     recipients: Tuple[str, ...]
     timing: Timing  # the one that applies (a DNSBL listing lengthens greylist_time)
+    left_out: int = 0  # recipients a whitelist entry left out
 
 
 ASK_DNS_LISTS = "ask-dns-lists"  # decide_message's request: ask the DNS lists, then call again
@@ -203,8 +205,15 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
             timing = Timing(rules.dnsbl_greylist_time, timing.passed_ttl, timing.not_passed_ttl)
         elif rules.suspicious_only and not standing.suspicious:
             return Decision("pass", reason="not-suspicious", whitelisted_recipients=left_out)
+    request = ReadStore(recipients, timing, left_out)
     if stored is None:
-        return ReadStore(recipients, timing)
+        return request
+    return decide_stored(request, stored, now, rules)
+
+
+def decide_stored(request: ReadStore, stored: Stored, now: float, rules: Rules) -> Decision:
+    """The rules that need the store (8, 9), once it was read for ``decide_message``'s request."""
+    timing, left_out = request.timing, request.left_out
     if rules.auto_whitelist_clients and auto_whitelisted(  # 8
             stored.client, now, timing.passed_ttl, rules.auto_whitelist_clients):
         decision = Decision("whitelist", reason="auto-whitelisted", whitelisted_recipients=left_out)

@@ -37,6 +37,9 @@ class Upkeep:
         """Called for every message: start a purge or a compaction in the background when due."""
         # Asking the store takes its lock: ask at most once per interval
         # (and again if the clock was stepped back).
+        if now < self._next_compaction_check and \
+                self._last_purge_check <= now < self._last_purge_check + self.settings.senders_purge_interval:
+            return  # the usual message: nothing is due
         if self.mode == "never" or self._purging.locked():
             return
         if now >= self._next_compaction_check:

@@ -52,7 +52,8 @@ def reasons_in_code() -> set:
                 found.update(_literal_words(node.value))
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "reason" for t in node.targets):
                 found.update(_literal_words(node.value))
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Decision" and len(node.args) > 1:
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Decision" \
+                    and len(node.args) > 1:
                 found.update(_literal_words(node.args[1]))  # Decision(action, reason, ...)
     return found
 

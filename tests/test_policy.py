@@ -247,7 +247,7 @@ def test_the_requests_come_in_the_rules_order():
     assert decide_message(facts, None, NOW, RULES) == ASK_DNS_LISTS
     listed = facts._replace(standing=Answers(dnsbl="bl.example"))
     request = decide_message(listed, None, NOW, RULES)
-    assert request == ReadStore(("b@example.net",), Timing(1800, T.passed_ttl, T.not_passed_ttl))
+    assert request == ReadStore(("b@example.net",), Timing(1800, T.passed_ttl, T.not_passed_ttl), 0)
     assert decide_message(facts._replace(client_rule="x"), None, NOW, RULES).reason == "whitelisted:client:x"
 
 
