@@ -23,9 +23,14 @@ def log_safe(value: object, limit: int = 200) -> str:
     text = value if type(value) is str else str(value)
     if len(text) > limit:
         text = text[:limit] + "..."
-    if " " not in text and '"' not in text and "\\" not in text and text.isprintable():
+    if _is_plain(text):
         return text
     return '"' + "".join(ch if ch.isprintable() and ch not in '"\\' else _escaped(ch) for ch in text) + '"'
+
+
+def _is_plain(text: str) -> bool:
+    """Written as it is: printable, no space, no quote, no backslash (so is a join of plain texts)."""
+    return " " not in text and '"' not in text and "\\" not in text and text.isprintable()
 
 
 def _escaped(ch: str) -> str:
@@ -75,10 +80,12 @@ class Verdict:
         if facts is not None:
             client_ip, client_name, sender, recipients = facts.client_ip, facts.client_name, facts.sender, \
                 facts.recipients
-            if client_ip is not None and client_name and sender is not None and len(recipients) == 1:
-                # The usual message, in one piece.
-                line += (f", client_address={safe(client_ip)}, client_name={safe(client_name)}, "
-                         f"sender={safe(sender)}, recipients={safe(recipients[0], 100)}")
+            if client_ip is not None and client_name and sender is not None and len(recipients) == 1 \
+                    and len(client_ip) + len(client_name) + len(sender) <= 200 and len(recipients[0]) <= 100 \
+                    and _is_plain(client_ip + client_name + sender + recipients[0]):
+                # The usual message: every value plain and short, checked at once and written as it is.
+                line += (f", client_address={client_ip}, client_name={client_name}, "
+                         f"sender={sender}, recipients={recipients[0]}")
             else:
                 if client_ip is not None:
                     line += f", client_address={safe(client_ip)}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .errors import GreylistError
 
@@ -54,11 +54,28 @@ def _finished(status_lines: list) -> set:
     """The recipient numbers that ``S``/``F`` records (``S<n> ...``) say are done; others are skipped."""
     numbers = set()
     for line in status_lines:
+        number = line[1:].split(" ", 1)[0]
         try:
-            numbers.add(int(line[1:].split(b" ", 1)[0]))
+            if number.isascii():  # as int() reads bytes: no other script's digits
+                numbers.add(int(number))
         except ValueError:
             continue
     return numbers
+
+
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips, as courier.control strips a value
+
+
+def _text_lines(data: bytes) -> List[str]:
+    """A control file's lines, each value decoded as courier.control decodes it.
+
+    A file that is all UTF-8 (as Courier writes them) is decoded in one go;
+    otherwise each line's value on its own, a malformed one in its quoted form.
+    """
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return [raw[:1].decode("latin-1") + decode_value(raw[1:]) for raw in data.split(b"\n")]
 
 
 def _read_file(path: str) -> bytes:
@@ -100,7 +117,7 @@ def read_header_block(body_path: str, limit: int = 65536) -> bytes:
     return data if end < 0 else data[: end + 1]
 
 
-_RECORDS_READ = frozenset((b"r", b"N", b"S", b"F", b"s", b"O", b"f", b"i"))
+_RECORDS_READ = frozenset("rNSFsOfi")
 
 
 def read_envelope(control_paths: Sequence[str]) -> Envelope:
@@ -118,33 +135,32 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
         recipients: list = []  # numbered per file
         status_lines: list = []
         address = ""
-        for line in data.split(b"\n"):
+        for line in _text_lines(data):
             key = line[:1]
             if key not in _RECORDS_READ:  # most records: the message id, DSN options, ...
                 continue
-            if key == b"r":
-                address = decode_value(line[1:])
-            elif key == b"N":
+            if key == "r":
+                address = line[1:].strip(_ASCII_SPACE)
+            elif key == "N":
                 # Like courier.control: a record with an empty address gets no number.
                 if address:
                     recipients.append(address)
                 address = ""
-            elif key == b"S" or key == b"F":
+            elif key == "S" or key == "F":
                 status_lines.append(line)
-            elif key == b"s":
+            elif key == "s":
                 if envelope.sender is None:
-                    envelope.sender = decode_value(line[1:])
-            elif key == b"O":
-                if envelope.client_ip is None and line[1:].strip().startswith(b"TCPREMOTEIP="):
-                    option = decode_value(line[1:])  # other options are not even decoded
-                    if option.startswith("TCPREMOTEIP="):
-                        envelope.client_ip = option[12:]
-            elif key == b"f":
+                    envelope.sender = line[1:].strip(_ASCII_SPACE)
+            elif key == "O":
+                option = line[1:].strip(_ASCII_SPACE)
+                if envelope.client_ip is None and option.startswith("TCPREMOTEIP="):
+                    envelope.client_ip = option[12:]
+            elif key == "f":
                 if envelope.received_from is None:
-                    envelope.received_from = decode_value(line[1:])
-            elif key == b"i":
+                    envelope.received_from = line[1:].strip(_ASCII_SPACE)
+            elif key == "i":
                 if envelope.auth_user is None:
-                    envelope.auth_user = decode_value(line[1:])
+                    envelope.auth_user = line[1:].strip(_ASCII_SPACE)
         if status_lines:
             done = _finished(status_lines)
             recipients = [address for number, address in enumerate(recipients) if number not in done]

@@ -71,6 +71,9 @@ class Exemptions:
         self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)
                                     if settings.greylist_recipients else None)
         self.reputation = open_reputation(settings, on_dns_query)
+        # With none of the exemptions on (the reference's settings), a message's facts are its envelope's.
+        self.none_on = not self.skip_authenticated and self.whitelists is None and self.smtpaccess is None \
+            and self.greylist_recipients is None and self.reputation is None
 
     def facts(self, envelope: Envelope) -> Facts:
         """What matched, for a message's envelope (no DNS: see ``standing``)."""
@@ -87,7 +90,7 @@ class Exemptions:
             except InvalidClientAddress:
                 pass
         recipients = tuple(recipients)
-        if not sender or address is None or not recipients:
+        if not sender or address is None or not recipients or self.none_on:
             return Facts(sender, recipients, client_ip, address, name)  # decided before the lists
         whitelist = self.whitelists.current() if self.whitelists is not None else None
         client_rule = sender_rule = None

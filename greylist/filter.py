@@ -106,6 +106,7 @@ class GreylistFilter:
         self.upkeep = Upkeep(settings, store, lambda line: self.log(line), purge, counts)
         self.exemptions = Exemptions(settings, log, counts.dns_query if counts is not None else None)
         self.keys = Keys(settings)
+        self._reads_headers = settings.spf_triplets or settings.match_retry_by_message_id
         self.last_decision: Optional[float] = None  # Unix time of the last decision without an error
 
     # --- the dispatcher's call ---------------------------------------------------
@@ -157,8 +158,7 @@ class GreylistFilter:
             step = policy.decide_message(facts, None, 0.0, self.rules)
         if not isinstance(step, policy.ReadStore):
             return Verdict(step, facts)
-        headers = read_header_block(body_path) if body_path and (
-            self.settings.spf_triplets or self.settings.match_retry_by_message_id) else b""
+        headers = read_header_block(body_path) if body_path and self._reads_headers else b""
         verdict = Verdict(step, facts)  # the decision comes from the store's transaction
         if self.settings.spf_triplets and headers:
             verdict.spf_domain = spf_pass_domain(headers, facts.sender)
@@ -180,7 +180,7 @@ class GreylistFilter:
                          spf_domain: Optional[str], message: Optional[str]) -> policy.Decision:
         """Read every key once, decide once, write once: one transaction."""
         keys = self.keys.of_message(facts.sender, request.recipients, facts.address, spf_domain, message)
-        self.prefetch(keys)
+        self.store.prefetch(_TRIPLET_TABLES, keys.unique)  # before the lock, where the store can (gdbm)
         with self.store.transaction() as tx:
             stored = read_stored(tx, keys)
             if tx.waited > LONG_LOCK_WAIT and self.counts is not None:
@@ -188,10 +188,6 @@ class GreylistFilter:
             decision = policy.decide_stored(request, stored, now, self.rules)
             tx.write(decision.writes)
         return decision
-
-    def prefetch(self, keys: MessageKeys) -> None:
-        """Before the lock: look up what the transaction will read, where the store can (gdbm)."""
-        self.store.prefetch(_TRIPLET_TABLES, keys.unique)
 
     # --- upkeep ------------------------------------------------------------------
 

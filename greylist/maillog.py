@@ -8,7 +8,8 @@ import sys
 def stderr_line(line: str) -> None:
     """Write one line to stderr; a closed or broken stderr never stops a decision."""
     try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        stderr = sys.stderr
+        stderr.write(line + "\n")
+        stderr.flush()
     except (OSError, ValueError):
         pass

@@ -307,7 +307,7 @@ def decide_triplets(keys: Iterable[str], stored: Mapping[str, StoredState], now:
             writes.append(Write(PASSED_TABLE, key, stamp))
             writes.append(Write(NOT_PASSED_TABLE, key, None))
             state[key] = StoredState(None, float(stamp))
-            outcomes.append(Outcome(key, "passed", pending_for=now - first_seen))
+            outcomes.append(Outcome(key, "passed", 0.0, now - first_seen))
         elif live_time(current.passed, timing.passed_ttl, now) is not None:
             writes.append(Write(PASSED_TABLE, key, stamp))
             state[key] = StoredState(None, float(stamp))

@@ -46,7 +46,8 @@ def test_decode_value_matches_courier_control():
 def _reference_view(path):
     """What courier.control sees, or None where it raises (its known defects)."""
     try:
-        return (courier.control.get_sender([path]), courier.control.get_recipients([path]))
+        return (courier.control.get_sender([path]), courier.control.get_recipients([path]),
+                courier.control.get_senders_ip([path]))
     except (IndexError, ValueError):
         return None
 
@@ -61,10 +62,11 @@ def test_random_bytes_never_raise_and_agree_with_courier_control(tmp_path_factor
     assert isinstance(env.recipients, list)
     reference = _reference_view(path)
     if reference is not None:
-        assert (env.sender, env.recipients) == reference
+        assert (env.sender, env.recipients, env.client_ip) == reference
 
 
-record = st.sampled_from([b"s", b"r", b"R", b"N", b"S", b"F", b"O", b"f", b"i", b"x"])
+record = st.sampled_from([b"s", b"r", b"R", b"N", b"S", b"F", b"O", b"OTCPREMOTEIP=", b"O TCPREMOTEIP=\xc3",
+                         b"f", b"i", b"x"])
 line = st.tuples(record, st.binary(max_size=30)).map(lambda t: t[0] + t[1])
 
 
@@ -77,7 +79,7 @@ def test_record_shaped_fuzz(tmp_path_factory, lines):
     env = read_envelope([path])
     reference = _reference_view(path)
     if reference is not None:
-        assert (env.sender, env.recipients) == reference
+        assert (env.sender, env.recipients, env.client_ip) == reference
 
 
 def test_the_first_client_address_of_a_control_file_is_the_one(tmp_path):

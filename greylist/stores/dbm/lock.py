@@ -101,7 +101,7 @@ class StoreLock:
             # Waiting here would wait for ourselves forever.
             raise StoreError(f"{self.path}: this thread already holds the store lock")
         started = None
-        if not self._thread_lock.acquire(blocking=False):
+        if not self._thread_lock.acquire(False):  # (positional: this runs for every message)
             started = time.monotonic()
             self.waiting += 1
             try:
@@ -109,14 +109,15 @@ class StoreLock:
             finally:
                 self.waiting -= 1
         try:
-            if self._fd is not None:
+            fd = self._fd
+            if fd is not None:
                 try:
-                    fcntl.flock(self._fd, self._mode | fcntl.LOCK_NB)
+                    fcntl.flock(fd, self._mode | fcntl.LOCK_NB)
                 except BlockingIOError:  # another process holds it
                     if started is None:
                         started = time.monotonic()
-                    fcntl.flock(self._fd, self._mode)
-                if os.fstat(self._fd).st_nlink == 0:
+                    fcntl.flock(fd, self._mode)
+                if os.fstat(fd).st_nlink == 0:
                     self._follow_the_path()
             self.generation, self.last_purged, self.folds = self._read_header()
         except BaseException:
@@ -150,7 +151,10 @@ class StoreLock:
     def release(self) -> None:
         self._owner = None
         try:
-            self._unlock_the_file()
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
         finally:
             self._thread_lock.release()
 
