@@ -101,7 +101,7 @@ class Verdict:
             line += f", spf_domain={safe(self.spf_domain)}"
         if decision.whitelisted_recipients:
             line += f", whitelisted_recipients={decision.whitelisted_recipients}"
-        reputation = self.reputation
+        reputation = facts.standing if facts is not None else None
         if reputation is not None:
             if reputation.dnsbl:
                 line += f", dnsbl={reputation.dnsbl}"

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from .errors import GreylistError
 
@@ -39,12 +38,11 @@ def decode_value(raw: bytes) -> str:
         return "(malformed utf8):" + urllib.parse.quote_plus(value, safe="@")
 
 
-@dataclass
-class Envelope:
+class Envelope(NamedTuple):
     """What the filter needs to know about a message."""
 
     sender: Optional[str] = None
-    recipients: list = field(default_factory=list)
+    recipients: List[str] = []  # undelivered, in order
     client_ip: Optional[str] = None
     received_from: Optional[str] = None
     auth_user: Optional[str] = None
@@ -126,7 +124,8 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
     Raises EnvelopeError when a control file cannot be opened or read;
     anything inside a readable file is tolerated.
     """
-    envelope = Envelope()
+    sender = client_ip = received_from = auth_user = None  # the first of each counts
+    undelivered: list = []
     for path in control_paths:
         try:
             data = _read_file(path)
@@ -149,23 +148,23 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             elif key == "S" or key == "F":
                 status_lines.append(line)
             elif key == "s":
-                if envelope.sender is None:
-                    envelope.sender = line[1:].strip(_ASCII_SPACE)
+                if sender is None:
+                    sender = line[1:].strip(_ASCII_SPACE)
             elif key == "O":
                 option = line[1:].strip(_ASCII_SPACE)
-                if envelope.client_ip is None and option.startswith("TCPREMOTEIP="):
-                    envelope.client_ip = option[12:]
+                if client_ip is None and option.startswith("TCPREMOTEIP="):
+                    client_ip = option[12:]
             elif key == "f":
-                if envelope.received_from is None:
-                    envelope.received_from = line[1:].strip(_ASCII_SPACE)
+                if received_from is None:
+                    received_from = line[1:].strip(_ASCII_SPACE)
             elif key == "i":
-                if envelope.auth_user is None:
-                    envelope.auth_user = line[1:].strip(_ASCII_SPACE)
+                if auth_user is None:
+                    auth_user = line[1:].strip(_ASCII_SPACE)
         if status_lines:
             done = _finished(status_lines)
             recipients = [address for number, address in enumerate(recipients) if number not in done]
-        envelope.recipients.extend(recipients)
-    return envelope
+        undelivered += recipients
+    return Envelope(sender, undelivered, client_ip, received_from, auth_user)
 
 
 def message_id(header_block: bytes) -> Optional[str]:
