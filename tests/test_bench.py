@@ -13,7 +13,8 @@ def test_benchmark_smoke_run():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     ours = [line for line in lines if line.split()[2:3] == ["ours"] or " ours " in line]
-    assert len(ours) == 8, result.stdout  # 2 sizes x 4 modes
+    assert len(ours) == 14, result.stdout  # 2 sizes x 7 modes
+    assert sum(line.startswith(("tmpfs 1 thread ", "tmpfs first 3000 ")) for line in ours) == 4
     assert all("failed" not in line and "capped" not in line for line in ours), result.stdout
     assert any("x " in line for line in ours)  # a ratio against the reference was printed
     # Our background purge was timed: its duration and longest wait are numbers, not "-".
