@@ -206,4 +206,5 @@ def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
         {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))
          for key in keys.unique},
         client, tx.get_counted(AUTO_WHITELIST_TABLE, client) if client else None,
-        keys.messages, {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()})
+        keys.messages,
+        {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()} if keys.messages else {})

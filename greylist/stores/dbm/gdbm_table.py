@@ -182,8 +182,10 @@ class GdbmTable(Table):
         db, opened = self._file
         if db is None:
             return
+        found = {}
         try:
-            found = {key: db.get(key) for key in keys}
+            for key in keys:
+                found[key] = db.get(key)
         except self._gnu.error:
             return  # replaced and closed meanwhile: the transaction reads the new one
         self._prefetched = (opened, found)

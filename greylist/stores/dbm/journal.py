@@ -52,9 +52,10 @@ class Decoded(NamedTuple):
 
 def encode_block(changes: list) -> bytes:
     """One transaction's (key, value or None) changes as a block."""
-    payload = b"".join([
-        _ENTRY_HEADER.pack(len(key), -1 if value is None else len(value)) + key + (value or b"")
-        for key, value in changes])
+    parts = []
+    for key, value in changes:
+        parts += (_ENTRY_HEADER.pack(len(key), -1 if value is None else len(value)), key, value or b"")
+    payload = b"".join(parts)
     return _BLOCK_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
