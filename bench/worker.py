@@ -30,8 +30,14 @@ def _load(impl: str, config: str, purge: bool):
             for db in (reference._senders_passed, reference._senders_not_passed):
                 db.last_purged = time.time()
         return reference.do_filter, None
+    import courier.config
+
     import greylist
 
+    # The filter writes its status file in Courier's localstatedir: on a Courier host the
+    # running dispatcher's.  The benchmark's goes beside its store instead.
+    courier.config.localstatedir = os.path.dirname(config)
+    os.makedirs(os.path.join(courier.config.localstatedir, "allfilters"), exist_ok=True)
     greylist.initFilter(config_paths=[config])
     the_filter = greylist._filter
     if not purge:
