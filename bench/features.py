@@ -43,6 +43,7 @@ from greylist.filter import GreylistFilter  # noqa: E402
 from greylist.metrics import Counts, MetricsFile  # noqa: E402
 from greylist.settings import Settings  # noqa: E402
 from greylist.stores.dbm import DbmStore  # noqa: E402
+from greylist.tables import wanted_tables  # noqa: E402
 
 FEATURES = dict(whitelist_files=("builtin:pool-senders",), whitelist_recipients=("postmaster@",),
                 normalize_senders=True, auto_whitelist_clients=1000, skip_authenticated=True)
@@ -52,7 +53,7 @@ def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10", 
     directory = tempfile.mkdtemp(prefix="greylist-features-")
     counts = writer = None
     try:
-        store = DbmStore(directory, auto_whitelist=settings.get("auto_whitelist_clients", 0) > 0)
+        store = DbmStore(directory, tables=wanted_tables(Settings(**settings)))
         if metrics:
             counts = Counts()
             writer = MetricsFile(counts, os.path.join(directory, "m.prom"), 1.0, print)

@@ -18,14 +18,13 @@ from .exemptions import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, directory_problem, registry_for
 from .settings import Settings, SettingsError, load_settings, setting_keys
 from .stores import (
-    AUTO_WHITELIST_TABLE,
-    MESSAGE_ID_TABLE,
     PASSED_TABLE,
     POSTGRES_TYPES,
     StoreError,
     open_store,
 )
 from .stores.dbm.files import flavour_of
+from .tables import wanted_tables
 
 
 @dataclasses.dataclass
@@ -128,16 +127,14 @@ def _check_dbm(settings: Settings, report: Report) -> None:
 def _check_store(settings: Settings, report: Report, postgres: bool = False) -> None:
     # The tables of ours that the settings ask for are made by the dispatcher at
     # start: the store is looked at with those it has, and the others noted.
-    present = dataclasses.replace(settings, auto_whitelist_clients=0, match_retry_by_message_id=False)
     try:
-        store = open_store(present if not postgres else settings, readonly=True)
+        store = open_store(settings, readonly=True, tables=() if not postgres else None)
     except StoreError as error:
         report.problems.append(str(error))
         return
     try:
         report.notes.append(f"store: {store.description}")
-        wanted = [table for table, on in ((AUTO_WHITELIST_TABLE, settings.auto_whitelist_clients > 0),
-                                          (MESSAGE_ID_TABLE, settings.match_retry_by_message_id)) if on]
+        wanted = wanted_tables(settings)
         if not postgres and [table for table in wanted if table not in store.tables]:
             report.notes.append(f"{', '.join(t for t in wanted if t not in store.tables)} does not exist "
                                 f"yet: the dispatcher will create it")

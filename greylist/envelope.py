@@ -19,8 +19,9 @@ reference's for every input.  Bad records are skipped, never raised on.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import GreylistError
 
@@ -187,3 +188,26 @@ def message_id(header_block: bytes) -> Optional[str]:
     if not text or len(text) > 250 or not text.isascii() or not text.isprintable():
         return None
     return text
+
+
+_MESSAGE_IDS = re.compile(r"<([^<>\s]{1,250})>")
+
+
+def references(header_block: bytes) -> Tuple[str, ...]:
+    """The Message-IDs a message answers (``References``, then ``In-Reply-To``), each once, in
+    the form ``message_id`` gives (without angle brackets); () when it names none."""
+    if not header_block:
+        return ()
+    import email.parser  # here: only whitelist_replies = 'in-reply-to' needs it
+    import email.policy
+
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
+    found: dict = {}
+    for name in ("References", "In-Reply-To"):
+        value = headers.get(name)
+        if isinstance(value, str):
+            for text in _MESSAGE_IDS.findall(value):
+                if text.isascii() and text.isprintable():
+                    found.pop(text, None)  # the last mention counts (the newest)
+                    found[text] = None
+    return tuple(found)

@@ -29,9 +29,10 @@ from typing import Callable, Optional, Sequence
 
 from . import policy
 from .decision_line import Verdict, log_safe
-from .envelope import EnvelopeError, message_id, read_envelope, read_header_block
+from .envelope import EnvelopeError, message_id, read_envelope, read_header_block, references
 from .exemptions import Exemptions
 from .keys import Keys, MessageKeys
+from .local_domains import LocalDomains
 from .maillog import stderr_line
 from .metrics import LONG_LOCK_WAIT, Counts
 from .replies import INTERNAL_FAILURE_REPLY, UNAVAILABLE_REPLY
@@ -39,9 +40,12 @@ from .settings import Settings
 from .spf import spf_pass_domain
 from .stores import (
     AUTO_WHITELIST_TABLE,
+    DOMAINS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
+    REPLIES_TABLE,
+    SENDERS_TABLE,
     Store,
     StoreError,
     Transaction,
@@ -60,6 +64,8 @@ def rules_of(settings: Settings) -> policy.Rules:
         dnsbl_greylist_time=settings.dnsbl_greylist_time,
         suspicious_only=settings.greylist_clients == "suspicious",
         auto_whitelist_clients=settings.auto_whitelist_clients,
+        auto_whitelist_senders=settings.auto_whitelist_senders,
+        auto_whitelist_domains=settings.auto_whitelist_domains,
         learn_only=settings.learn_only, reply=settings.reply)
 
 
@@ -106,7 +112,11 @@ class GreylistFilter:
         self.upkeep = Upkeep(settings, store, lambda line: self.log(line), purge, counts)
         self.exemptions = Exemptions(settings, log, counts.dns_query if counts is not None else None)
         self.keys = Keys(settings)
-        self._reads_headers = settings.spf_triplets or settings.match_retry_by_message_id
+        self._strict_replies = settings.whitelist_replies == "in-reply-to"
+        self._reads_headers = settings.spf_triplets or settings.match_retry_by_message_id \
+            or self._strict_replies
+        # whitelist_replies: which recipients of our users' mail are remote (Courier's locals).
+        self.local_domains = LocalDomains(log=log) if settings.whitelist_replies else None
         self.last_decision: Optional[float] = None  # Unix time of the last decision without an error
 
     # --- the dispatcher's call ---------------------------------------------------
@@ -151,23 +161,31 @@ class GreylistFilter:
             return Verdict(policy.Decision("error", reason="control-file", reply=INTERNAL_FAILURE_REPLY),
                            error=str(error))
         facts = self.exemptions.facts(envelope)
-        step = policy.decide_message(facts, None, 0.0, self.rules)
+        headers = read_header_block(body_path) if body_path and self._reads_headers else b""
+        if self.local_domains is not None and facts.sender \
+                and (facts.client_ip is None or facts.authenticated or facts.relay_client):
+            facts = self._with_reply_keys(facts, headers)
+        now = self.clock()
+        step = policy.decide_message(facts, None, now, self.rules)
         if step is policy.ASK_DNS_LISTS:
             waiting = _TurnLetGo(self._turn) if in_turn and self.store.decisions_take_turns else None
             facts = facts._replace(standing=self.exemptions.standing(facts, waiting))
-            step = policy.decide_message(facts, None, 0.0, self.rules)
+            now = self.clock()
+            step = policy.decide_message(facts, None, now, self.rules)
         if not isinstance(step, policy.ReadStore):
-            return Verdict(step, facts)
-        headers = read_header_block(body_path) if body_path and self._reads_headers else b""
+            verdict = Verdict(step, facts)
+            if step.writes:
+                self._record(verdict)
+            return verdict
         verdict = Verdict(step, facts)  # the decision comes from the store's transaction
         if self.settings.spf_triplets and headers:
             verdict.spf_domain = spf_pass_domain(headers, facts.sender)
         if self.settings.match_retry_by_message_id:
             verdict.message_id = message_id(headers)
-        now = self.clock()
         self.upkeep.maybe_start(now)
         try:
-            verdict.decision = self._decide_in_store(facts, step, now, verdict.spf_domain, verdict.message_id)
+            verdict.decision = self._decide_in_store(facts, step, now, verdict.spf_domain, verdict.message_id,
+                                                     references(headers) if self._strict_replies else ())
         except (StoreError, OSError) as error:
             if self.counts is not None:
                 self.counts.store_error(error)
@@ -176,10 +194,32 @@ class GreylistFilter:
             verdict.error = str(error)
         return verdict
 
+    def _with_reply_keys(self, facts: policy.Facts, headers: bytes) -> policy.Facts:
+        """Our user's mail: the keys recording whom it goes to outside (whitelist_replies)."""
+        remote = self.local_domains.remote(facts.recipients)
+        if not remote:
+            return facts
+        sent = message_id(headers) if self._strict_replies else None
+        return facts._replace(reply_keys=self.keys.replies_sent(facts.sender, remote, sent))
+
+    def _record(self, verdict: Verdict) -> None:
+        """The writes of a message decided without the store (our users' mail, recorded for
+        whitelist_replies): a failure is one log line, and the message passes all the same."""
+        try:
+            with self.store.transaction() as tx:
+                tx.write(verdict.decision.writes)
+        except (StoreError, OSError) as error:
+            if self.counts is not None:
+                self.counts.store_error(error)
+            self.log(f"greylist: could not record the recipients of {verdict.facts.sender!r} "
+                     f"for whitelist_replies: {log_safe(str(error))}")
+
     def _decide_in_store(self, facts: policy.Facts, request: policy.ReadStore, now: float,
-                         spf_domain: Optional[str], message: Optional[str]) -> policy.Decision:
+                         spf_domain: Optional[str], message: Optional[str],
+                         refers_to: Sequence[str] = ()) -> policy.Decision:
         """Read every key once, decide once, write once: one transaction."""
-        keys = self.keys.of_message(facts.sender, request.recipients, facts.address, spf_domain, message)
+        keys = self.keys.of_message(facts.sender, request.recipients, facts.address, spf_domain, message,
+                                    refers_to)
         self.store.prefetch(_TRIPLET_TABLES, keys.unique)  # before the lock, where the store can (gdbm)
         with self.store.transaction() as tx:
             stored = read_stored(tx, keys)
@@ -198,13 +238,28 @@ class GreylistFilter:
 
 def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
     """What the store holds under a message's keys, every key read once (in a transaction)."""
-    client = keys.client
-    tx.lock_and_load(keys.triplets, (client,) if client else (),
-                     tuple(keys.messages.values()) if keys.messages else ())
+    client, sender, domain = keys.client, keys.sender, keys.domain
+    more: dict = {}
+    if client or keys.messages or sender or keys.replies:  # (the reference's settings: none)
+        for table, listed in ((AUTO_WHITELIST_TABLE, (client,) if client else ()),
+                              (MESSAGE_ID_TABLE, tuple(keys.messages.values())),
+                              (SENDERS_TABLE, (sender,) if sender else ()),
+                              (DOMAINS_TABLE, (domain,) if domain else ()),
+                              (REPLIES_TABLE, tuple(key for each in keys.replies for key in each))):
+            if listed:
+                more[table] = listed
+    tx.lock_and_load(keys.triplets, more)
     return policy.Stored(
         keys.triplets,
         {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))
          for key in keys.unique},
         client, tx.get_counted(AUTO_WHITELIST_TABLE, client) if client else None,
         keys.messages,
-        {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()} if keys.messages else {})
+        {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()} if keys.messages else {},
+        sender, tx.get(SENDERS_TABLE, sender) if sender else None,
+        domain, tx.get_counted(DOMAINS_TABLE, domain) if domain else None,
+        tuple(_newest(tx.get(REPLIES_TABLE, key) for key in each) for each in keys.replies))
+
+
+def _newest(times) -> Optional[float]:
+    return max((when for when in times if when is not None), default=None)

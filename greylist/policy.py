@@ -11,44 +11,34 @@ them need what the message's facts alone cannot say: ``decide_message``
 then answers ``ASK_DNS_LISTS`` (ask the DNS lists, and call again) or
 ``ReadStore`` (read the store for these recipients, and call again).
 
-The greylisting rule (Harris' whitepaper, as the reference module applies
-it), per triplet of a message, in recipient order:
-
-* pending (in not-passed) and younger than ``greylist_time``: must wait;
-* pending and old enough: passes now; it moves to passed;
-* passed before: passes; its last-seen time is refreshed;
-* unknown: recorded as pending, and must wait ``greylist_time``.
-
-The message is accepted only when every triplet passes; otherwise the reply
-carries the longest wait.  Entries older than their table's time-to-live
-count as unknown whether or not a purge has removed them yet, so a decision
-never depends on when the purge last ran.
-
-A stored time after ``now`` was written while the clock was ahead (an NTP
-step, a virtual machine resumed from a snapshot).  It is read as ``now``,
-and a pending one is written back as ``now``: the wait it tells the sender
-starts with this attempt, and the retry it asks for passes.  With a clock
-that never goes back, no stored time is ever after ``now``, and every
-decision is the reference's.
+The greylisting rule itself is in ``greylisting.py``; the records of
+clients, senders and domains that proved themselves in ``proven.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
+from typing import Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
+from .greylisting import (  # noqa: F401  (the rule's vocabulary, imported from here too)
+    Outcome,
+    StoredState,
+    Timing,
+    TripletDecision,
+    Write,
+    decide_triplets,
+    live_time,
+    retried_by_message_id,
+)
+from .proven import (  # noqa: F401
+    ClientRecord,
+    auto_whitelisted,
+    client_record_after,
+    domain_record_after,
+)
 from .replies import DEFAULT_REPLY, INTERNAL_FAILURE_REPLY, tempfail_reply
-from .tables import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
+from .tables import AUTO_WHITELIST_TABLE, DOMAINS_TABLE, REPLIES_TABLE, SENDERS_TABLE
 from .triplet import IPAddress
-
-
-@dataclass(frozen=True)
-class Timing:
-    """The durations of the greylisting rule, in seconds."""
-
-    greylist_time: float = 300
-    passed_ttl: float = 60 * 60 * 24 * 36
-    not_passed_ttl: float = 60 * 60 * 24
 
 
 @dataclass(frozen=True)
@@ -59,6 +49,8 @@ class Rules:
     dnsbl_greylist_time: float = 1800
     suspicious_only: bool = False  # greylist_clients = 'suspicious'
     auto_whitelist_clients: int = 0
+    auto_whitelist_senders: bool = False
+    auto_whitelist_domains: int = 0
     learn_only: bool = False
     reply: str = DEFAULT_REPLY
 
@@ -94,17 +86,11 @@ class Facts(NamedTuple):
     opted_in: Optional[Tuple[bool, ...]] = None  # per recipient: in greylist_recipients (None: off)
     dns_lists: bool = False  # the settings ask DNS lists or names of the client
     standing: Optional[Standing] = None  # their answers, once asked
+    # With whitelist_replies, for our users' mail (authenticated, relay client, local):
+    # the keys recording that the sender wrote to each remote recipient (keys.replies_sent).
+    reply_keys: Tuple[str, ...] = ()
 
 
-class StoredState(NamedTuple):
-    """What the two tables hold for one triplet: Unix times, or None."""
-
-    not_passed: Optional[float] = None
-    passed: Optional[float] = None
-
-
-_NOTHING_STORED = StoredState()
-ClientRecord = Tuple[float, int]  # last seen, triplets passed
 
 
 class Stored(NamedTuple):
@@ -116,24 +102,12 @@ class Stored(NamedTuple):
     client: Optional[ClientRecord] = None
     message_keys: Mapping[str, str] = {}  # triplet key -> its Message-ID key (match_retry_by_message_id)
     messages: Mapping[str, Optional[float]] = {}  # Message-ID key -> first greylisted
+    sender_key: Optional[str] = None  # with auto_whitelist_senders or _domains
+    sender: Optional[float] = None  # when a message of the sender last passed from the network
+    domain_key: Optional[str] = None  # with auto_whitelist_domains (not for excepted domains)
+    domain: Optional[ClientRecord] = None  # last seen, distinct senders passed
+    replies: Tuple[Optional[float], ...] = ()  # per recipient: when it last wrote to the sender
 
-
-class Write(NamedTuple):
-    """One change to a table: set ``key`` to ``timestamp`` (and ``count``), or delete it."""
-
-    table: str
-    key: str
-    timestamp: Optional[int]  # None deletes
-    count: Optional[int] = None  # the clients table's
-
-
-class Outcome(NamedTuple):
-    """How one triplet was decided, for the log and for ``check --explain``."""
-
-    key: str
-    reason: str  # new | early-retry | passed | known | retry-by-message-id
-    wait: float = 0.0
-    pending_for: Optional[float] = None  # for "passed": seconds since first attempt
 
 
 @dataclass
@@ -169,18 +143,18 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
         return Decision("error", reason="no-sender-record", reply=INTERNAL_FAILURE_REPLY)
     if facts.sender == "":
         return Decision("pass", reason="null-sender")
-    if facts.client_ip is None:
-        return Decision("pass", reason="no-client-ip")
+    if facts.client_ip is None:  # submitted here: our users' mail
+        return _ours(Decision("pass", reason="no-client-ip"), facts, now)
     if facts.address is None:
         return Decision("pass", reason="bad-client-ip")
     if not facts.recipients:
         return Decision("pass", reason="no-recipients")
     if facts.authenticated:  # 1
-        return Decision("whitelist", reason="authenticated")
+        return _ours(Decision("whitelist", reason="authenticated"), facts, now)
     if facts.client_rule is not None:  # 2
         return Decision("whitelist", reason=f"whitelisted:client:{facts.client_rule}")
     if facts.relay_client:  # 3
-        return Decision("whitelist", reason="relayclient")
+        return _ours(Decision("whitelist", reason="relayclient"), facts, now)
     if facts.sender_rule is not None:  # 4
         return Decision("whitelist", reason=f"whitelisted:sender:{facts.sender_rule}")
     recipients, opted_in = facts.recipients, facts.opted_in
@@ -211,19 +185,41 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
     return decide_stored(request, stored, now, rules)
 
 
+def _ours(decision: Decision, facts: Facts, now: float) -> Decision:
+    """Our users' mail passes; with whitelist_replies it records whom they wrote to."""
+    decision.writes = [Write(REPLIES_TABLE, key, int(now)) for key in facts.reply_keys]
+    return decision
+
+
 def decide_stored(request: ReadStore, stored: Stored, now: float, rules: Rules) -> Decision:
-    """The rules that need the store (8, 9), once it was read for ``decide_message``'s request."""
+    """The rules that need the store (8-12), once it was read for ``decide_message``'s request."""
     timing, left_out = request.timing, request.left_out
+    ttl = timing.passed_ttl
     if rules.auto_whitelist_clients and auto_whitelisted(  # 8
-            stored.client, now, timing.passed_ttl, rules.auto_whitelist_clients):
+            stored.client, now, ttl, rules.auto_whitelist_clients):
         decision = Decision("whitelist", reason="auto-whitelisted", whitelisted_recipients=left_out)
         _record_client(decision, stored, None, now, timing)
         return decision
-    return _greylisting(stored, now, timing, rules, left_out)  # 9
+    if rules.auto_whitelist_senders and live_time(stored.sender, ttl, now) is not None:  # 9
+        return Decision("whitelist", "auto-whitelisted:sender", writes=[
+            Write(SENDERS_TABLE, stored.sender_key, int(now))], whitelisted_recipients=left_out)
+    if stored.domain_key is not None and rules.auto_whitelist_domains and auto_whitelisted(  # 10
+            stored.domain, now, ttl, rules.auto_whitelist_domains):
+        return Decision("whitelist", "auto-whitelisted:domain", writes=[
+            Write(DOMAINS_TABLE, stored.domain_key, int(now), stored.domain[1])],
+            whitelisted_recipients=left_out)
+    if stored.replies:  # 11: a recipient who wrote to the sender is left out; the others still decide
+        kept = [n for n, when in enumerate(stored.replies) if live_time(when, ttl, now) is None]
+        if not kept:
+            return Decision("whitelist", "reply", whitelisted_recipients=left_out)
+        if len(kept) < len(stored.keys):
+            left_out += len(stored.keys) - len(kept)
+            stored = stored._replace(keys=tuple(stored.keys[n] for n in kept))
+    return _greylisting(stored, now, timing, rules, left_out)  # 12
 
 
 def _greylisting(stored: Stored, now: float, timing: Timing, rules: Rules, left_out: int) -> Decision:
-    """Rule 9: the greylisting rule on the triplets left, retries by Message-ID counted."""
+    """Rule 12: the greylisting rule on the triplets left, retries by Message-ID counted."""
     triplets = decide_triplets(stored.keys, stored.triplets, now, timing)
     if stored.message_keys and not triplets.accept:
         triplets = retried_by_message_id(triplets, stored.message_keys, stored.messages, now, timing)
@@ -247,6 +243,8 @@ def _greylisting(stored: Stored, now: float, timing: Timing, rules: Rules, left_
                             reply, triplets.wait, triplets.writes, triplets.outcomes, left_out, delay)
     if stored.client_key is not None:
         _record_client(decision, stored, triplets, now, timing)
+    if stored.sender_key is not None and triplets.accept and not rules.learn_only:
+        _record_sender(decision, stored, now, timing.passed_ttl)
     return decision
 
 
@@ -257,152 +255,10 @@ def _record_client(decision: Decision, stored: Stored, triplets: Optional[Triple
         decision.writes.append(Write(AUTO_WHITELIST_TABLE, stored.client_key, *update))
 
 
-# --- the greylisting rule, per triplet ------------------------------------------------------
-
-
-class TripletDecision(NamedTuple):
-    """The greylisting rule's verdict on a message's triplets, and the writes that record it."""
-
-    accept: bool
-    wait: float
-    outcomes: list = []
-    writes: list = []
-
-
-def live_time(timestamp: Optional[float], ttl: float, now: float) -> Optional[float]:
-    """A stored time as the rule sees it: None when expired, never in the future."""
-    if timestamp is None or timestamp <= 0:
-        return None
-    if timestamp > now:
-        return now
-    if now - timestamp > ttl:
-        return None
-    return timestamp
-
-
-def decide_triplets(keys: Iterable[str], stored: Mapping[str, StoredState], now: float,
-                    timing: Timing) -> TripletDecision:
-    """Apply the greylisting rule to the triplets of one message.
-
-    ``keys`` are the message's triplet keys in recipient order, repeats
-    included: as in the reference, a repeated triplet sees what the earlier
-    one wrote.
-    """
-    state = dict(stored)  # what this message has written so far shadows the tables
-    accept, wait, outcomes, writes = True, 0.0, [], []
-    stamp = int(now)
-    for key in keys:
-        current = state.get(key, _NOTHING_STORED)
-        first_seen = live_time(current.not_passed, timing.not_passed_ttl, now)
-        if first_seen is not None:
-            time_to_go = first_seen + timing.greylist_time - now
-            if time_to_go > 0:
-                accept = False
-                wait = max(wait, time_to_go)
-                outcomes.append(Outcome(key, "early-retry", time_to_go))
-                if current.not_passed > now:  # from a clock that was ahead: the wait starts now
-                    writes.append(Write(NOT_PASSED_TABLE, key, stamp))
-                    state[key] = StoredState(float(stamp), current.passed)
-                continue
-            writes.append(Write(PASSED_TABLE, key, stamp))
-            writes.append(Write(NOT_PASSED_TABLE, key, None))
-            state[key] = StoredState(None, float(stamp))
-            outcomes.append(Outcome(key, "passed", 0.0, now - first_seen))
-        elif live_time(current.passed, timing.passed_ttl, now) is not None:
-            writes.append(Write(PASSED_TABLE, key, stamp))
-            state[key] = StoredState(None, float(stamp))
-            outcomes.append(Outcome(key, "known"))
-        else:
-            accept = False
-            wait = max(wait, timing.greylist_time)
-            writes.append(Write(NOT_PASSED_TABLE, key, stamp))
-            state[key] = StoredState(float(stamp), current.passed)
-            outcomes.append(Outcome(key, "new", timing.greylist_time))
-    return TripletDecision(accept, wait, outcomes, writes)
-
-
-# --- a retry of the same message from another address of the sender's pool ----------
-#
-# Big senders retry from any address of a pool, often in another network, so
-# the retry's triplet is new again.  With match_retry_by_message_id a message
-# that waits is also remembered by sender, recipient and Message-ID; a
-# triplet still waiting passes when the same message was first greylisted
-# at least greylist_time ago, from wherever it came.
-
-
-def retried_by_message_id(decision: TripletDecision, message_keys: Mapping[str, str],
-                          seen: Mapping[str, Optional[float]], now: float,
-                          timing: Timing) -> TripletDecision:
-    """The decision once retries of the same message count.
-
-    ``message_keys`` maps a triplet key to its message key; ``seen`` maps a
-    message key to when that message was first greylisted (or None).
-    """
-    stamp = int(now)
-    outcomes, passing, wait = [], set(), 0.0
-    remember: dict = {}
-    for outcome in decision.outcomes:
-        key = outcome.key
-        if outcome.reason not in ("new", "early-retry") or key not in message_keys:
-            outcomes.append(outcome)
-            wait = max(wait, outcome.wait) if outcome.reason in ("new", "early-retry") else wait
-            continue
-        message_key = message_keys[key]
-        written = seen.get(message_key)
-        first = live_time(written, timing.not_passed_ttl, now)
-        if first is not None and first + timing.greylist_time <= now:
-            passing.add(key)
-            outcomes.append(Outcome(key, "retry-by-message-id", pending_for=now - first))
-            continue
-        left = outcome.wait if first is None else min(outcome.wait, first + timing.greylist_time - now)
-        outcomes.append(outcome._replace(wait=left))
-        wait = max(wait, left)
-        if first is None or written > now:  # new, or from a clock that was ahead
-            remember[message_key] = stamp
-    writes = [w for w in decision.writes if w.key not in passing]
-    for key in dict.fromkeys(k for k in message_keys if k in passing):
-        writes += [Write(PASSED_TABLE, key, stamp), Write(NOT_PASSED_TABLE, key, None)]
-    writes += [Write(MESSAGE_ID_TABLE, message_key, when) for message_key, when in remember.items()]
-    accept = all(o.reason not in ("new", "early-retry") for o in outcomes)
-    return TripletDecision(accept=accept, wait=0.0 if accept else wait, outcomes=outcomes, writes=writes)
-
-
-# --- auto-whitelisting of client networks ------------------------------------------
-#
-# A network's record is (last seen, passes): passes counts the triplets of
-# that network that passed greylisting.  Once it reaches the threshold the
-# network is let through without greylisting, until it has been silent for
-# the time-to-live (then the record is expired and counting starts again).
-
-
-def _live_record(record: Optional[ClientRecord], ttl: float, now: float) -> Optional[ClientRecord]:
-    if record is None or live_time(record[0], ttl, now) is None:
-        return None
-    return record
-
-
-def auto_whitelisted(record: Optional[ClientRecord], now: float, ttl: float, threshold: int) -> bool:
-    """True when the client network has earned its way past greylisting."""
-    live = _live_record(record, ttl, now)
-    return threshold > 0 and live is not None and live[1] >= threshold
-
-
-def client_record_after(record: Optional[ClientRecord], decision: Optional[TripletDecision],
-                        now: float, ttl: float) -> Optional[Tuple[int, int]]:
-    """The network's new record after a message, or None when nothing changes.
-
-    ``decision`` is None for a message let through by the auto-whitelist
-    itself (it only refreshes the time).  Triplets that passed greylisting
-    with this message add to the count; any accepted message from a network
-    with a record keeps it alive.
-    """
-    live = _live_record(record, ttl, now)
-    passes = live[1] if live else 0
-    if decision is None:
-        return (int(now), passes) if live else None
-    newly = len({o.key for o in decision.outcomes if o.reason == "passed"})
-    if newly:
-        return int(now), passes + newly
-    if live and decision.accept:
-        return int(now), passes
-    return None
+def _record_sender(decision: Decision, stored: Stored, now: float, ttl: float) -> None:
+    """A message that passed greylisting proves its sender from its network (and counts
+    towards its domain, when the sender is new there)."""
+    decision.writes.append(Write(SENDERS_TABLE, stored.sender_key, int(now)))
+    if stored.domain_key is not None:
+        decision.writes.append(Write(DOMAINS_TABLE, stored.domain_key,
+                                     *domain_record_after(stored.domain, stored.sender, now, ttl)))

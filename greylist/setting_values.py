@@ -177,6 +177,18 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected True or False, got {value!r}")
 
 
+def boolean_or(word: str) -> Callable[[Any], Any]:
+    """True, False, or one word naming a stricter form of True."""
+    def check(value: Any) -> Any:
+        if value == word:
+            return word
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise ValueError(f"expected True, False or {word!r}, got {value!r}")
+
+    return check
+
+
 def choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in allowed:
@@ -237,6 +249,19 @@ def zones(value: Any) -> tuple:
                              f"between dots, e.g. 'list.dnswl.org')")
         zones.append(name)
     return tuple(zones)
+
+
+def domains(value: Any) -> tuple:
+    """Mail domains, lower-cased (``example.com``; no ``@``)."""
+    names = []
+    for domain in _strings(value, "a list of mail domains, e.g. ['gmail.com']"):
+        name = domain.strip().lower().rstrip(".")
+        labels = name.split(".")
+        if len(name) > 253 or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
+            raise ValueError(f"{domain!r} is not a mail domain (letters, digits, '-' and '_' "
+                             f"between dots, e.g. 'gmail.com')")
+        names.append(name)
+    return tuple(names)
 
 
 def servers(value: Any) -> tuple:

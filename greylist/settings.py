@@ -26,6 +26,16 @@ GREYLIST_SECTION = "greylist.py"
 TTLDB_SECTION = "ttldb"
 
 DEFAULT_DB_DIR = "/var/lib/pythonfilter"
+# auto_whitelist_domains_except's default: free-mail providers, whose outbound
+# servers send for anyone who opens an account (spammers among them).
+FREE_MAIL_DOMAINS = (
+    "gmail.com", "googlemail.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com",
+    "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "live.com", "msn.com",
+    "aol.com", "icloud.com", "me.com", "mac.com", "mail.com", "gmx.com", "gmx.net", "gmx.de",
+    "web.de", "yandex.ru", "yandex.com", "mail.ru", "proton.me", "protonmail.com", "zoho.com",
+    "qq.com", "163.com", "126.com", "sina.com", "naver.com", "rediffmail.com", "libero.it",
+    "orange.fr", "free.fr", "laposte.net", "t-online.de", "tutanota.com", "fastmail.com",
+)
 CONFIG_LIMIT = 1 << 20  # a settings file larger than this is not one
 
 
@@ -65,6 +75,10 @@ class Settings:
     greylist_clients: str = "all"  # or "suspicious"
     generic_rdns_files: tuple = ("builtin:generic-rdns",)
     match_retry_by_message_id: bool = False
+    whitelist_replies: object = False  # False, True, or "in-reply-to" (the strict form)
+    auto_whitelist_senders: bool = False
+    auto_whitelist_domains: int = 0  # distinct senders of a domain that make it proven; 0: off
+    auto_whitelist_domains_except: tuple = FREE_MAIL_DOMAINS
     greylist_recipients: tuple = ()  # empty: every recipient
     metrics_file: Optional[str] = None  # Prometheus text file for node_exporter; None: off
     metrics_interval: float = 15.0
@@ -117,6 +131,10 @@ _GREYLIST_KEYS: dict = {
     "greylist_clients": ("greylist_clients", values.choice("all", "suspicious")),
     "generic_rdns_files": ("generic_rdns_files", values.paths),
     "match_retry_by_message_id": ("match_retry_by_message_id", values.boolean),
+    "whitelist_replies": ("whitelist_replies", values.boolean_or("in-reply-to")),
+    "auto_whitelist_senders": ("auto_whitelist_senders", values.boolean),
+    "auto_whitelist_domains": ("auto_whitelist_domains", values.count(0, 1_000_000)),
+    "auto_whitelist_domains_except": ("auto_whitelist_domains_except", values.domains),
     "greylist_recipients": ("greylist_recipients", values.recipient_rules),
     "metrics_file": ("metrics_file", values.prom_path),
     "metrics_interval": ("metrics_interval", values.wait_bound(86400)),

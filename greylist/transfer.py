@@ -2,8 +2,9 @@
 
 The interchange format is JSON lines, one entry a line:
 ``{"table": "greylist_Passed", "digest": "<md5 hex>", "timestamp": 1790000000}``;
-entries of the auto-whitelist table carry the network as ``digest`` and a
-``count`` (how many triplets of that network passed).
+entries of the counted tables also carry a ``count`` (the auto-whitelist's:
+how many triplets of the network, its ``digest``, passed; the domains': how
+many distinct senders).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Callable, Iterable, Iterator, Optional, TextIO, Tuple
 from .errors import GreylistError
 from .stores import (
     ALL_TABLES,
-    AUTO_WHITELIST_TABLE,
-    MESSAGE_ID_TABLE,
+    COUNTED_TABLES,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
     Store,
@@ -24,7 +24,7 @@ from .stores import (
 _BATCH = 500  # entries written per transaction: short lock holds, few round trips
 
 Progress = Optional[Callable[[str, int], None]]
-Row = Tuple[str, str, int, Optional[int]]  # table, key, timestamp, count (auto-whitelist only)
+Row = Tuple[str, str, int, Optional[int]]  # table, key, timestamp, count (counted tables only)
 
 
 class TransferError(GreylistError):
@@ -39,7 +39,7 @@ class TransferError(GreylistError):
 def entries(store: Store) -> Iterator[Row]:
     """Every (table, key, timestamp, count) of a store; values that are not times are left out."""
     for table in store.tables:
-        if table == AUTO_WHITELIST_TABLE:
+        if table in COUNTED_TABLES:
             for key, timestamp, count in store.counted_items(table):
                 yield table, key, int(timestamp), count
             continue
@@ -52,11 +52,11 @@ def _merge(tx, table: str, key: str, timestamp: int, passes: Optional[int]) -> N
     """One entry into a store that may know the key already: the newer state wins.
 
     A passed triplet beats a pending one (whichever store it comes from);
-    otherwise the later time wins, and an auto-whitelist record keeps the
-    larger count.  So a copy run twice changes nothing the second time, and
-    an old copy never sends a triplet back to waiting.
+    otherwise the later time wins, and a counted record keeps the larger
+    count.  So a copy run twice changes nothing the second time, and an old
+    copy never sends a triplet back to waiting.
     """
-    if table == AUTO_WHITELIST_TABLE:
+    if table in COUNTED_TABLES:
         known = tx.get_counted(table, key)
         if known is None:
             tx.set_counted(table, key, timestamp, passes or 0)
@@ -79,10 +79,12 @@ def write_entries(store: Store, rows: Iterable[Row], progress: Progress = None) 
 
     def flush() -> None:
         triplets = [key for table, key, _, _ in batch if table in (PASSED_TABLE, NOT_PASSED_TABLE)]
-        counted = [key for table, key, _, _ in batch if table == AUTO_WHITELIST_TABLE]
-        messages = [key for table, key, _, _ in batch if table == MESSAGE_ID_TABLE]
+        more: dict = {}
+        for table, key, _, _ in batch:
+            if table not in (PASSED_TABLE, NOT_PASSED_TABLE):
+                more.setdefault(table, []).append(key)
         with store.transaction() as tx:
-            tx.lock_and_load(triplets, counted, messages)
+            tx.lock_and_load(triplets, more)
             for table, key, timestamp, passes in batch:
                 _merge(tx, table, key, timestamp, passes)
         batch.clear()
@@ -138,7 +140,7 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Row]:
                 or isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) \
                 or (passes is not None and (isinstance(passes, bool) or not isinstance(passes, int))):
             raise TransferError(f"line {number}: not an entry of an export")
-        if table == AUTO_WHITELIST_TABLE and passes is None:
+        if table in COUNTED_TABLES and passes is None:
             passes = 0
         yield table, key, int(timestamp), passes
 

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 from .decision_line import log_safe
 from .metrics import Counts
 from .settings import Settings
-from .stores import MESSAGE_ID_TABLE, NOT_PASSED_TABLE, Store, StoreError
+from .stores import Store, StoreError
+from .tables import SHORT_LIVED_TABLES
 
 
 class Upkeep:
@@ -84,7 +85,7 @@ class Upkeep:
         removed, failed, started = 0, False, time.monotonic()
         try:
             for table in self.store.tables:
-                ttl = (self.settings.senders_not_passed_ttl if table in (NOT_PASSED_TABLE, MESSAGE_ID_TABLE)
+                ttl = (self.settings.senders_not_passed_ttl if table in SHORT_LIVED_TABLES
                        else self.settings.senders_passed_ttl)
                 report = None if progress is None else functools.partial(progress, table)
                 removed += self.store.purge(table, now - ttl, report)

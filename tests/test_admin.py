@@ -20,6 +20,7 @@ from greylist.report import parse_line
 from greylist.settings import Settings
 from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
+from greylist.tables import wanted_tables
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
 TRIPLET = ["--sender", "alice@example.com", "--recipient", "bob@example.net", "--ip", "192.0.2.10"]
@@ -47,7 +48,7 @@ HISTORY = st.lists(st.tuples(MESSAGE, st.sampled_from([0, 30, 301, 4000, 90000])
 
 def _filter(directory: Path, clock: Clock, lines: list, **overrides) -> GreylistFilter:
     settings = Settings(db_dir=str(directory), **overrides)
-    store = DbmStore(str(directory), auto_whitelist=settings.auto_whitelist_clients > 0)
+    store = DbmStore(str(directory), tables=wanted_tables(settings))
     return GreylistFilter(settings, store, clock=clock, log=lines.append, purge="never")
 
 

@@ -16,6 +16,7 @@ from greylist.relay import SmtpAccessError
 from greylist.settings import Settings
 from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
+from greylist.tables import wanted_tables
 from greylist.whitelist_files import WhitelistFileError, builtin_names, resolve
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back in "
@@ -33,8 +34,7 @@ def env(tmp_path):
         def filter(self, **overrides):
             self.store_dir.mkdir(exist_ok=True)
             settings = Settings(db_dir=str(self.store_dir), **overrides)
-            self.store = DbmStore(str(self.store_dir),
-                                  auto_whitelist=settings.auto_whitelist_clients > 0)
+            self.store = DbmStore(str(self.store_dir), tables=wanted_tables(settings))
             return GreylistFilter(settings, self.store, clock=self.clock, log=self.lines.append,
                                   purge="never")
 

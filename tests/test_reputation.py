@@ -34,6 +34,7 @@ from greylist.reputation.rdns import address_in_name, generic_reason, load_patte
 from greylist.settings import Settings, SettingsError, load_settings
 from greylist.stores import MESSAGE_ID_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
+from greylist.tables import wanted_tables
 
 pytest.importorskip("dns.message", reason="needs dnspython (pip install 'courier-greylist[dns]')")
 
@@ -58,7 +59,7 @@ class Env:
         self.lines: list = []
         self.counts = Counts(clock=self.clock)
         self.settings = Settings(db_dir=str(tmp_path / "store"), **settings)
-        self.store = DbmStore(self.settings.db_dir, message_ids=self.settings.match_retry_by_message_id)
+        self.store = DbmStore(self.settings.db_dir, tables=wanted_tables(self.settings))
         self.filter = GreylistFilter(self.settings, self.store, clock=self.clock, log=self.lines.append,
                                      purge="never", counts=self.counts)
         self.n = 0

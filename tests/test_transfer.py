@@ -15,7 +15,7 @@ from host import greylist_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
+from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, OPTIONAL_TABLES, PASSED_TABLE
 from greylist.stores.dbm import DbmStore
 from greylist.transfer import TransferError, copy_store, export_to, parse_lines, write_entries
 
@@ -29,7 +29,7 @@ NETWORKS = st.dictionaries(st.sampled_from(["192.0.2.0/24", "2001:db8::/48"]),
 
 
 def _store(directory: str, triplets: dict, networks: dict) -> DbmStore:
-    store = DbmStore(directory, auto_whitelist=True)
+    store = DbmStore(directory, tables=OPTIONAL_TABLES)
     with store.transaction() as tx:
         for key, (table, stamp) in triplets.items():
             tx.set(table, key, stamp)
@@ -134,7 +134,7 @@ def test_an_import_stopped_by_a_bad_line_keeps_and_counts_what_came_before(tmp_p
 
 
 def test_a_copy_keeps_the_newer_state_and_twice_changes_nothing(tmp_path):
-    store = DbmStore(str(tmp_path), auto_whitelist=True)
+    store = DbmStore(str(tmp_path), tables=OPTIONAL_TABLES)
     with store.transaction() as tx:
         tx.set(PASSED_TABLE, "a" * 32, 1000)  # passed here; pending in the copy
         tx.set(NOT_PASSED_TABLE, "b" * 32, 500)  # pending here; passed in the copy

@@ -18,7 +18,7 @@ HOUR = 3600
 
 @pytest.fixture
 def store(tmp_path):
-    opened = DbmStore(str(tmp_path), message_ids=True)
+    opened = DbmStore(str(tmp_path), tables=(MESSAGE_ID_TABLE,))
     yield opened
     opened.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import io
 import os
@@ -15,14 +14,13 @@ from ..filter import GreylistFilter
 from ..settings import Settings, SettingsError, load_settings
 from ..stores import (
     ALL_TABLES,
-    AUTO_WHITELIST_TABLE,
-    MESSAGE_ID_TABLE,
     PASSED_TABLE,
     StoreError,
     open_store,
 )
 from ..stores.dbm import LOCK_NAME  # the dbm store loaded before root gives up its rights
 from ..stores.dbm.files import flavour_of
+from ..tables import OPTIONAL_TABLES, wanted_tables
 from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
 from ..whitelist_files import NOT_THERE_YET
 
@@ -221,12 +219,10 @@ def on_store(args: argparse.Namespace, action, read_only: bool = False):
 
 def open_configured_store(settings: Settings, readonly: bool = False, with_tables: Sequence[str] = ()):
     """The settings' store, with the tables of ours ``with_tables`` names opened (made) too."""
-    if AUTO_WHITELIST_TABLE in with_tables and settings.auto_whitelist_clients <= 0:
-        settings = dataclasses.replace(settings, auto_whitelist_clients=1)  # opens its table
-    if MESSAGE_ID_TABLE in with_tables:
-        settings = dataclasses.replace(settings, match_retry_by_message_id=True)
+    asked = tuple(table for table in with_tables if table in OPTIONAL_TABLES)
+    tables = tuple(dict.fromkeys(wanted_tables(settings) + asked))
     try:
-        return open_store(settings, readonly=readonly)
+        return open_store(settings, readonly=readonly, tables=tables)
     except StoreError as error:
         raise CommandError(str(error)) from None
 

@@ -14,7 +14,7 @@ from typing import Optional
 from .. import report, transfer
 from ..errors import GreylistError
 from ..settings import SettingsError, load_settings
-from ..stores import AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, StoreError
+from ..stores import OPTIONAL_TABLES, StoreError
 from .common import (
     EX_OK,
     CommandError,
@@ -213,8 +213,7 @@ def command_import(args: argparse.Namespace) -> int:
     with lines:
         try:
             lines.seek(0)
-            needs_tables = {table for line in lines for table in (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE)
-                            if table in line}
+            needs_tables = {table for line in lines for table in OPTIONAL_TABLES if table in line}
             lines.seek(0)
         except (OSError, EOFError, UnicodeDecodeError) as error:
             raise CommandError(f"import failed: {error}") from None

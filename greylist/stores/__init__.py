@@ -9,15 +9,21 @@ stores; ``open_store`` opens the one the settings name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..tables import wanted_tables
 from .base import (  # noqa: F401  (the stores' vocabulary, imported from here)
     ALL_TABLES,
     AUTO_WHITELIST_TABLE,
+    COUNTED_TABLES,
+    DOMAINS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
+    OPTIONAL_TABLES,
     PASSED_TABLE,
     POSTGRES_TYPES,
+    REPLIES_TABLE,
+    SENDERS_TABLE,
     TABLES,
     Store,
     StoreError,
@@ -33,24 +39,26 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 
-def open_store(settings: Settings, readonly: bool = False, wait_for_server: bool = False) -> Store:
+def open_store(settings: Settings, readonly: bool = False, wait_for_server: bool = False,
+               tables: Optional[Sequence[str]] = None) -> Store:
     """Open the store the settings name.
 
+    ``tables``: the tables of ours to open (made if missing); by default those
+    the settings use.  Those that exist already are opened in any case.
     ``wait_for_server`` (the dispatcher): a PostgreSQL server that does not
     answer yet does not stop the start; see PostgresStore.
     """
-    auto_whitelist = settings.auto_whitelist_clients > 0
-    message_ids = settings.match_retry_by_message_id
+    if tables is None:
+        tables = wanted_tables(settings)
     if settings.db_type == "dbm":
         from .dbm import DbmStore
 
-        return DbmStore(settings.db_dir, readonly=readonly, auto_whitelist=auto_whitelist,
-                        message_ids=message_ids)
+        return DbmStore(settings.db_dir, readonly=readonly, tables=tables)
     if settings.db_type in POSTGRES_TYPES:
         from .postgres import PostgresStore
 
         return PostgresStore(settings.db_host, settings.db_port, settings.db_name, settings.db_user,
                              settings.db_password, timeout=settings.db_timeout, readonly=readonly,
-                             auto_whitelist=auto_whitelist, message_ids=message_ids,
-                             wait_for_server=wait_for_server, pool_size=settings.db_pool_size)
+                             tables=tables, wait_for_server=wait_for_server,
+                             pool_size=settings.db_pool_size)
     raise StoreOpenError(f"store type {settings.db_type!r} is not supported")

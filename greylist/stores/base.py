@@ -12,15 +12,20 @@ from __future__ import annotations
 import abc
 import math
 from contextlib import AbstractContextManager
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..errors import GreylistError
 from ..tables import (  # noqa: F401  (the stores' own vocabulary, imported from here too)
     ALL_TABLES,
     AUTO_WHITELIST_TABLE,
+    COUNTED_TABLES,
+    DOMAINS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
+    OPTIONAL_TABLES,
     PASSED_TABLE,
+    REPLIES_TABLE,
+    SENDERS_TABLE,
     TABLES,
 )
 
@@ -84,12 +89,12 @@ class Transaction(abc.ABC):
     # Seconds this transaction waited for other users' locks (set by the store).
     waited: float = 0.0
 
-    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = (),  # noqa: B027
-                      message_keys: Sequence[str] = ()) -> None:
+    def lock_and_load(self, keys: Sequence[str],  # noqa: B027
+                      more: Mapping[str, Sequence[str]] = {}) -> None:  # noqa: B006 (never changed)
         """Announce the keys this transaction will use, before any get.
 
-        ``counted_keys`` are keys of the auto-whitelist table, ``message_keys``
-        of the Message-ID table.
+        ``keys`` are triplets' (of both TABLES); ``more`` names the keys of
+        other tables (of the counted ones for ``get_counted``).
 
         A store that locks per key (PostgreSQL) locks them all here, in an
         order that cannot deadlock, and reads them in one go.
@@ -130,7 +135,7 @@ class Store(abc.ABC):
     """A place for the greylisting tables."""
 
     description: str = "store"
-    # The tables this store has open: TABLES, and AUTO_WHITELIST_TABLE when used.
+    # The tables this store has open: TABLES, and those of OPTIONAL_TABLES in use.
     tables: Tuple[str, ...] = TABLES
     # True when deciding is CPU work in this process (dbm): the filter then lets
     # messages take turns.  A network store wants its round trips to overlap.

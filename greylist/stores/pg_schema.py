@@ -2,7 +2,7 @@
 
 The reference's tables (courier-pythonfilter's ``ttldb`` SQL store) are
 ``id CHAR(64) PRIMARY KEY, value BIGINT``; ours add a ``passes`` column to
-the auto-whitelist's.  Each statement is its own round trip, bounded in
+the counted tables (COUNTED_TABLES).  Each statement is its own round trip, bounded in
 time: a table or index that another host makes at the same moment is no error.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-from .base import AUTO_WHITELIST_TABLE
+from .base import COUNTED_TABLES
 from .pg_wire import ALREADY_MADE, RoundTripError, quote, round_trip, value
 
 
@@ -24,7 +24,7 @@ def existing(conn, tables: Sequence[str], timeout: float) -> Dict[str, bool]:
 def create_tables(conn, tables: Sequence[str], timeout: float) -> None:
     """The tables if missing."""
     for table in tables:
-        extra = ", passes INTEGER NOT NULL DEFAULT 0" if table == AUTO_WHITELIST_TABLE else ""
+        extra = ", passes INTEGER NOT NULL DEFAULT 0" if table in COUNTED_TABLES else ""
         _tolerating_others(conn, f"CREATE TABLE IF NOT EXISTS {table} "
                                  f"(id CHAR(64) NOT NULL, value BIGINT NOT NULL{extra}, PRIMARY KEY(id))",
                            timeout)

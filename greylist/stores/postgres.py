@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..maillog import stderr_line
 from . import pg_schema
 from .base import (
-    AUTO_WHITELIST_TABLE,
-    MESSAGE_ID_TABLE,
+    COUNTED_TABLES,
+    OPTIONAL_TABLES,
     TABLES,
     Store,
     StoreError,
@@ -98,14 +98,13 @@ class _PgTransaction(Transaction):
         if isinstance(error, RoundTripError):
             raise StoreError(f"PostgreSQL: {error}") from error
 
-    def lock_and_load(self, keys: Sequence[str], counted_keys: Sequence[str] = (),
-                      message_keys: Sequence[str] = ()) -> None:
-        """BEGIN, take the advisory locks of the triplets (networks, messages), then read them."""
-        unique, counted = sorted(set(keys)), sorted(set(counted_keys))
-        messages = sorted(set(message_keys))
+    def lock_and_load(self, keys: Sequence[str], more: Mapping[str, Sequence[str]] = {}) -> None:  # noqa: B006
+        """BEGIN, take the advisory locks of every key (triplets, networks, ...), then read them."""
+        reads = {table: sorted(set(keys)) for table in TABLES} if keys else {}
+        reads.update((table, sorted(set(listed))) for table, listed in more.items() if listed)
         started = time.monotonic()
         try:
-            self._load(unique, counted, messages)
+            self._load(reads)
         except RoundTripError as error:
             missing_table = error.sqlstate == UNDEFINED_TABLE
             if self._writes or self._began or error.timed_out or not (missing_table or error.broken):
@@ -119,15 +118,16 @@ class _PgTransaction(Transaction):
             else:  # a connection that died while idle: the server restarted, so did the others
                 self._store.pool.discard_idle()
             self._conn = self._store.pool.take(self._deadline)
-            self._load(unique, counted, messages)
+            self._load(reads)
         finally:
             # The locks are taken and the keys read in one round trip: all of
             # it counts as the wait (a lock another host holds is what makes it long).
             self.waited = time.monotonic() - started
 
-    def _load(self, keys: Sequence[str], counted: Sequence[str], messages: Sequence[str] = ()) -> None:
+    def _load(self, reads: Mapping[str, Sequence[str]]) -> None:
+        """``reads``: table -> keys to lock and read."""
         # Sorted: every host locks in the same order, so no two wait on each other.
-        literals = [quote(key) for key in sorted(set(keys) | set(counted) | set(messages))]
+        literals = [quote(key) for key in sorted({key for listed in reads.values() for key in listed})]
         # Separate statements: under READ COMMITTED each reads what was
         # committed when it began, so the reads must begin after the locks.
         statements = [] if self._began else ["BEGIN"]
@@ -137,51 +137,41 @@ class _PgTransaction(Transaction):
             statements.append("SELECT " + ", ".join(
                 f"pg_advisory_xact_lock(hashtextextended({literal}, 0))"
                 for literal in literals[start : start + _LOCKS_PER_SELECT]))
-        reads = []
-        if keys:
-            listed = ", ".join(quote(key) for key in keys)
-            reads += [f"SELECT {which}, rtrim(id), value, 0 FROM {table} WHERE id IN ({listed})"
-                      for which, table in enumerate(TABLES)]
-        if counted:
-            listed = ", ".join(quote(key) for key in counted)
-            reads.append(f"SELECT 2, rtrim(id), value, passes FROM {AUTO_WHITELIST_TABLE} "
-                         f"WHERE id IN ({listed})")
-        if messages:
-            listed = ", ".join(quote(key) for key in messages)
-            reads.append(f"SELECT 3, rtrim(id), value, 0 FROM {MESSAGE_ID_TABLE} WHERE id IN ({listed})")
-        if not reads:
+        tables = list(reads)
+        selects = [f"SELECT {which}, rtrim(id), value, {'passes' if table in COUNTED_TABLES else 0} "
+                   f"FROM {table} WHERE id IN ({', '.join(quote(key) for key in reads[table])})"
+                   for which, table in enumerate(tables)]
+        if not selects:
             return
-        statements.append(" UNION ALL ".join(reads))
+        statements.append(" UNION ALL ".join(selects))
         results = round_trip(self._conn, "; ".join(statements), self._left())
         self._began = True
-        found: dict = {(table, key): None for table in TABLES for key in keys}
-        found.update({(AUTO_WHITELIST_TABLE, key): None for key in counted})
-        found.update({(MESSAGE_ID_TABLE, key): None for key in messages})
+        found: dict = {(table, key): None for table, listed in reads.items() for key in listed}
         rows = results[-1]  # the last result is the reads
         for row in range(rows.ntuples):
-            which = int(rows.get_value(row, 0))
+            table = tables[int(rows.get_value(row, 0))]
             key = value(rows, row, 1)
             stamp = int(rows.get_value(row, 2))
-            if which == 2:
-                found[(AUTO_WHITELIST_TABLE, key)] = (float(stamp), int(rows.get_value(row, 3)))
-            elif which == 3:
-                found[(MESSAGE_ID_TABLE, key)] = stamp
+            if table in COUNTED_TABLES:
+                found[(table, key)] = (float(stamp), int(rows.get_value(row, 3)))
             else:
-                found[(TABLES[which], key)] = stamp
+                found[(table, key)] = stamp
         self._cache.update(found)
 
     def get(self, table: str, key: str) -> Optional[float]:
         if (table, key) not in self._cache:
-            if table == MESSAGE_ID_TABLE:
-                self.lock_and_load([], (), [key])
-            else:
+            if table in TABLES:
                 self.lock_and_load([key])
+            else:
+                self.lock_and_load((), {table: [key]})
         stored = self._cache.get((table, key))
+        if isinstance(stored, tuple):  # a counted table's (time, count)
+            return stored[0]
         return None if stored is None else float(stored)
 
     def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
         if (table, key) not in self._cache:
-            self.lock_and_load([], [key])
+            self.lock_and_load((), {table: [key]})
         return self._cache.get((table, key))
 
     def set_counted(self, table: str, key: str, timestamp: int, count: int) -> None:
@@ -216,8 +206,7 @@ class PostgresStore(Store):
         password: Optional[str],
         timeout: float = 5.0,
         readonly: bool = False,
-        auto_whitelist: bool = False,
-        message_ids: bool = False,
+        tables: Sequence[str] = (),
         wait_for_server: bool = False,
         pool_size: int = 4,
         log: Callable[[str], None] = stderr_line,
@@ -244,7 +233,7 @@ class PostgresStore(Store):
         self.description = f"PostgreSQL database {dbname} on {host or 'localhost'}:{port or 5432}"
         self.pool = ConnectionPool(self._connect, pool_size, self.description)
         self.entries_after_purge = {}
-        self._wanted = {AUTO_WHITELIST_TABLE: auto_whitelist, MESSAGE_ID_TABLE: message_ids}
+        self._wanted = {table: table in tables for table in OPTIONAL_TABLES}
         self.tables = TABLES + tuple(table for table, wanted in self._wanted.items() if wanted)
         self._ready = False  # the tables were looked at (and made), on a first connection
         self._ready_lock = threading.Lock()

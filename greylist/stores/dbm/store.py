@@ -28,8 +28,7 @@ import threading
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from ..base import (
-    AUTO_WHITELIST_TABLE,
-    MESSAGE_ID_TABLE,
+    OPTIONAL_TABLES,
     TABLES,
     Store,
     StoreError,
@@ -65,12 +64,12 @@ class DbmStore(Store):
     """The two reference dbm files in one directory, under one lock."""
 
     def __init__(self, directory: str, readonly: bool = False, flavour: Optional[str] = None,
-                 auto_whitelist: bool = False, message_ids: bool = False) -> None:
+                 tables: Sequence[str] = ()) -> None:
         """Open (creating if needed) the store in ``directory``.
 
         ``flavour`` chooses the dbm flavour of files that do not exist yet;
-        by default it is the one stdlib ``dbm.open`` would create.  The
-        auto-whitelist and Message-ID tables are opened when asked for or
+        by default it is the one stdlib ``dbm.open`` would create.  Our
+        tables (OPTIONAL_TABLES) are opened when ``tables`` names them or
         when their files exist already (so the admin commands see them).
         """
         self.directory = directory
@@ -93,9 +92,8 @@ class DbmStore(Store):
         self.entries_after_purge = {}
         try:
             self.tables = TABLES + tuple(
-                name for name, wanted in ((AUTO_WHITELIST_TABLE, auto_whitelist),
-                                          (MESSAGE_ID_TABLE, message_ids))
-                if wanted or flavour_of(os.path.join(directory, name)))
+                name for name in OPTIONAL_TABLES
+                if name in tables or flavour_of(os.path.join(directory, name)))
         except OSError as error:
             raise StoreOpenError(f"cannot open store in {directory}: {error}") from None
         # The lock's generation and fold count as this process last saw them.
