@@ -71,8 +71,8 @@ class LocalDomains:
 
     def _hosted_has(self, domain: str) -> bool:
         if self._hosted is None:
-            if not os.path.exists(self._hosted_path):
-                return False
+            if not (os.path.exists(self._hosted_path) or os.path.exists(self._hosted_path + ".dir")):
+                return False  # (".dir": a database in dbm.dumb's flavour, which dbm.open reads too)
             try:
                 self._hosted = CourierDatabase(self._hosted_path, self._log)
             except CourierDatabaseError as error:
