@@ -1,4 +1,4 @@
-"""Which domains are ours, as Courier's locals and hosteddomains say (whitelist_replies records the others)."""
+"""Which domains are ours, as Courier's locals and hosteddomains say (replies are recorded for the others)."""
 
 from __future__ import annotations
 
