@@ -13,6 +13,7 @@ import ipaddress
 import os
 from typing import Callable, List, Optional, Sequence
 
+from .courier_db import sysconfdir
 from .errors import GreylistError
 from .exemptions import open_lists, open_reputation
 from .metrics import Counts, MetricsUnavailable, directory_problem, registry_for
@@ -81,6 +82,8 @@ def check(config_paths: Optional[Sequence[str]],
     if settings.metrics_file:
         _check_metrics(settings, report)
     _check_reputation(settings, report)
+    if settings.whitelist_replies:
+        _check_replies(settings, report)
     if settings.db_type in POSTGRES_TYPES:
         _check_store(settings, report, postgres=True)
     else:
@@ -147,6 +150,17 @@ def _check_store(settings: Settings, report: Report, postgres: bool = False) -> 
         report.problems.append(str(error))
     finally:
         store.close()
+
+
+def _check_replies(settings: Settings, report: Report) -> None:
+    """What whitelist_replies will record: whose mail, and which domains are ours."""
+    if not (settings.skip_authenticated or settings.skip_relayclients):
+        report.notes.append("whitelist_replies: only mail sent with the local sendmail is recorded "
+                            "(SMTP clients' mail is ours with skip_authenticated or skip_relayclients)")
+    directory = sysconfdir()
+    if not os.path.exists(os.path.join(directory, "locals")):
+        report.notes.append(f"whitelist_replies: {directory}/locals does not exist: Courier's me "
+                            f"is the one local domain (and hosteddomains)")
 
 
 def _check_lists(settings: Settings, report: Report) -> None:

@@ -30,7 +30,7 @@ def _started(config: str, control: str) -> bool:
 
 
 STARTS = {"good", "a misspelt key", "a whitelist file that comes later",
-          "a metrics directory that is missing"}  # the others stop the filter at start
+          "a metrics directory that is missing", "fewer delays"}  # the others stop the filter at start
 
 
 @pytest.mark.parametrize("name, text", [
@@ -51,6 +51,10 @@ STARTS = {"good", "a misspelt key", "a whitelist file that comes later",
     ("a metrics directory that is missing", "[greylist.py]\nmetrics_file = '{store}/no/greylist.prom'\n"
                                             "[ttldb]\ndir = '{store}'\n"),
     ("an unknown store type", "[ttldb]\ntype = 'mysql'\n"),
+    ("fewer delays", "[greylist.py]\nwhitelist_replies = 'in-reply-to'\nauto_whitelist_senders = True\n"
+                     "auto_whitelist_domains = 2\n[ttldb]\ndir = '{store}'\n"),
+    ("a free-mail list that is not one", "[greylist.py]\nauto_whitelist_domains_except = ['@gmail.com']\n"
+                                         "[ttldb]\ndir = '{store}'\n"),
 ])
 def test_check_config_says_the_dispatcher_starts_exactly_when_it_does(tmp_path, name, text):
     store = tmp_path / "store"
@@ -114,7 +118,10 @@ def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
 
 
 @pytest.mark.parametrize("setting, value", [("auto_whitelist_clients", 3),
-                                            ("match_retry_by_message_id", True)])
+                                            ("match_retry_by_message_id", True),
+                                            ("whitelist_replies", True),
+                                            ("auto_whitelist_senders", True),
+                                            ("auto_whitelist_domains", 2)])
 def test_tables_the_dispatcher_makes_at_start_are_no_problem(tmp_path, setting, value):
     store = tmp_path / "store"
     store.mkdir()
@@ -134,3 +141,14 @@ def test_a_password_every_user_may_read_is_noted(tmp_path):
         check_config(str(config)).stdout
     config.chmod(0o640)
     assert "holds the PostgreSQL password" not in check_config(str(config)).stdout
+
+
+def test_whitelist_replies_says_whose_mail_it_records(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_replies=True)
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert "whitelist_replies: only mail sent with the local sendmail is recorded" in result.stdout
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_replies=True, skip_authenticated=True)
+    assert "only mail sent with the local sendmail" not in check_config(config).stdout
