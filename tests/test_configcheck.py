@@ -150,5 +150,6 @@ def test_whitelist_replies_says_whose_mail_it_records(tmp_path):
     result = check_config(config)
     assert result.returncode == 0, result.stderr
     assert "whitelist_replies: only mail sent with the local sendmail is recorded" in result.stdout
-    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_replies=True, skip_authenticated=True)
+    config = write_config(str(tmp_path / "m.conf"), str(store), whitelist_replies=True,
+                          skip_authenticated=True)
     assert "only mail sent with the local sendmail" not in check_config(config).stdout

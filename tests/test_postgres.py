@@ -17,9 +17,12 @@ from greylist.filter import STORE_FAILURE_REPLY, GreylistFilter
 from greylist.settings import load_settings
 from greylist.stores import (
     AUTO_WHITELIST_TABLE,
+    DOMAINS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
+    REPLIES_TABLE,
+    SENDERS_TABLE,
     StoreOpenError,
     open_store,
 )
@@ -360,3 +363,40 @@ def test_check_config_connects_and_looks_at_the_tables(tmp_path, conninfo):
     down = write_pg_config(tmp_path / "down.conf", dict(conninfo, port=1, timeout=1))
     refused = check_config(down)
     assert refused.returncode == 1 and "problem: cannot connect to PostgreSQL database" in refused.stderr
+
+
+def test_fewer_delays_are_shared_by_every_mx_host(tmp_path, conninfo, monkeypatch):
+    import courier.config
+
+    (tmp_path / "locals").write_text("example.org\n")
+    monkeypatch.setattr(courier.config, "sysconfdir", str(tmp_path))
+    config = write_pg_config(tmp_path / "m.conf", conninfo, whitelist_replies=True,
+                             auto_whitelist_senders=True, auto_whitelist_domains=2, greylist_time=0)
+    clock = Clock()
+    lines: list = []
+    one, one_store = make_filter(config, clock, lines)
+    two, two_store = make_filter(config, clock, lines)
+    try:
+        out = write_control(str(tmp_path / "Cout"), "alice@example.org", ("carol@remote.example",), ip=None)
+        assert one.do_filter("", [out]) == ""
+        reply = write_control(str(tmp_path / "Creply"), "carol@remote.example", ("alice@example.org",))
+        assert two.do_filter("", [reply]) == "" and "reason=reply" in lines[-1]
+        for n, host in enumerate((one, two)):  # two senders of shop.example pass, one on each host
+            path = write_control(str(tmp_path / f"C{n}"), f"s{n}@shop.example", ("bob@example.org",))
+            assert host.do_filter("", [path]).startswith(GREYLIST)
+            assert host.do_filter("", [path]) == ""
+        assert two.do_filter("", [write_control(str(tmp_path / "Cs0"), "s0@shop.example",
+                                                ("zed@example.org",))]) == ""
+        assert "reason=auto-whitelisted:sender" in lines[-1]
+        assert one.do_filter("", [write_control(str(tmp_path / "Cnew"), "new@shop.example",
+                                                ("zed@example.org",))]) == ""
+        assert "reason=auto-whitelisted:domain" in lines[-1]
+        assert [count for _, _, count in two_store.counted_items(DOMAINS_TABLE)] == [2]
+        clock.advance(60 * 60 * 24 * 37)  # senders_passed_ttl over: the purge empties our tables
+        one.purge(clock())
+        for table in (SENDERS_TABLE, REPLIES_TABLE):
+            assert list(one_store.items(table)) == []
+        assert list(one_store.counted_items(DOMAINS_TABLE)) == []
+    finally:
+        one_store.close()
+        two_store.close()

@@ -15,7 +15,15 @@ from host import greylist_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greylist.stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, OPTIONAL_TABLES, PASSED_TABLE
+from greylist.stores import (
+    AUTO_WHITELIST_TABLE,
+    DOMAINS_TABLE,
+    NOT_PASSED_TABLE,
+    OPTIONAL_TABLES,
+    PASSED_TABLE,
+    REPLIES_TABLE,
+    SENDERS_TABLE,
+)
 from greylist.stores.dbm import DbmStore
 from greylist.transfer import TransferError, copy_store, export_to, parse_lines, write_entries
 
@@ -224,3 +232,28 @@ def test_auto_whitelist_table_travels_with_export_and_migrate(tmp_path):
     moved = run("migrate", "--config", config, "--to-db-dir", str(again))
     assert moved.returncode == 0, moved.stderr
     assert run("export", "--db-dir", str(again)).stdout == run("export", "--config", config).stdout
+
+
+def test_the_tables_of_fewer_delays_travel_with_export_and_import(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = DbmStore(str(tmp_path / "one"), tables=(SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE))
+    with one.transaction() as tx:
+        tx.set(SENDERS_TABLE, KEYS[0], 1_700_000_001)
+        tx.set_counted(DOMAINS_TABLE, KEYS[1], 1_700_000_002, 3)
+        tx.set(REPLIES_TABLE, KEYS[2], 1_700_000_003)
+    out = io.StringIO()
+    assert export_to(one, out) == 3
+    two = DbmStore(str(tmp_path / "two"))  # the tables are made as the import needs them
+    try:
+        with pytest.raises(TransferError, match="has no table greylist_Senders"):
+            write_entries(two, parse_lines(out.getvalue().splitlines()))
+    finally:
+        two.close()
+    two = DbmStore(str(tmp_path / "two"), tables=(SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE))
+    assert write_entries(two, parse_lines(out.getvalue().splitlines())) == 3
+    assert dict(two.items(SENDERS_TABLE)) == {KEYS[0]: 1_700_000_001}
+    assert list(two.counted_items(DOMAINS_TABLE)) == [(KEYS[1], 1_700_000_002, 3)]
+    assert dict(two.items(REPLIES_TABLE)) == {KEYS[2]: 1_700_000_003}
+    one.close()
+    two.close()
