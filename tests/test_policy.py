@@ -200,7 +200,7 @@ def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known,
 
 
 ADDRESS = ipaddress.ip_address("192.0.2.10")
-RULES = Rules(timing=T, auto_whitelist_clients=1)
+RULES = Rules(timing=T, auto_whitelist_clients=1, auto_whitelist_senders=True, auto_whitelist_domains=2)
 
 
 class Answers:
@@ -225,7 +225,8 @@ def test_the_rules_apply_in_the_order_docs_policy_md_lists_them():
                   client_rule="192.0.2.0/24", relay_client=True, sender_rule="@example.com",
                   recipient_rules=("b@example.net",), opted_in=(False,), dns_lists=True,
                   standing=Answers(dnswl="wl.example"))
-    stored = Stored(("k",), {}, client_key="192.0.2.0/24", client=(NOW - 10, 5))
+    stored = Stored(("k",), {}, client_key="192.0.2.0/24", client=(NOW - 10, 5), sender_key="s",
+                    sender=NOW - 10, domain_key="d", domain=(NOW - 10, 2), replies=(NOW - 10,))
     switches = [dict(authenticated=False), dict(client_rule=None), dict(relay_client=False),
                 dict(sender_rule=None), dict(recipient_rules=()), dict(opted_in=None),
                 dict(standing=Answers())]
@@ -233,10 +234,14 @@ def test_the_rules_apply_in_the_order_docs_policy_md_lists_them():
     for switch in switches:
         facts = facts._replace(**switch)
         order.append(decided(facts, stored).reason)
-    order.append(decided(facts, stored._replace(client=None)).reason)
+    for switch in (dict(client=None), dict(sender=None), dict(domain=None), dict(replies=())):
+        stored = stored._replace(**switch)
+        order.append(decided(facts, stored).reason)
     documented = open(os.path.join(REPO, "docs", "policy.md")).read().split("## The order of the rules")[1]
     listed = re.findall(r"^\d+\. (.*?)(?=^\d+\. |^## |\Z)", documented, re.MULTILINE | re.DOTALL)
-    names = [re.split(r"[:<]", reason)[0] for reason in order]
+    # A whitelist entry or a zone is the message's own; the other reasons are named in full.
+    names = [reason.split(":")[0] if reason.startswith(("whitelisted:", "dnswl:")) else reason
+             for reason in order]
     assert len(listed) == len(names)
     for item, name in zip(listed, names):
         assert f"`{name}" in item, (name, item[:80])
