@@ -155,8 +155,8 @@ def _check_store(settings: Settings, report: Report, postgres: bool = False) -> 
 def _check_replies(settings: Settings, report: Report) -> None:
     """What whitelist_replies will record: whose mail, and which domains are ours."""
     if not (settings.skip_authenticated or settings.skip_relayclients):
-        report.notes.append("whitelist_replies: only mail sent with the local sendmail is recorded "
-                            "(SMTP clients' mail is ours with skip_authenticated or skip_relayclients)")
+        report.notes.append("whitelist_replies: no mail is recorded: our users' mail is what "
+                            "skip_authenticated or skip_relayclients lets pass")
     directory = sysconfdir()
     if not os.path.exists(os.path.join(directory, "locals")):
         report.notes.append(f"whitelist_replies: {directory}/locals does not exist: Courier's me "

@@ -47,6 +47,7 @@ class Envelope(NamedTuple):
     client_ip: Optional[str] = None
     received_from: Optional[str] = None
     auth_user: Optional[str] = None
+    source: Optional[str] = None  # the mail source (``u``): esmtp, local (sendmail), dsn, ...
 
 
 def _finished(status_lines: list) -> set:
@@ -116,7 +117,7 @@ def read_header_block(body_path: str, limit: int = 65536) -> bytes:
     return data if end < 0 else data[: end + 1]
 
 
-_RECORDS_READ = frozenset("rNSFsOfi")
+_RECORDS_READ = frozenset("rNSFsOfiu")
 
 
 def read_envelope(control_paths: Sequence[str]) -> Envelope:
@@ -125,7 +126,7 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
     Raises EnvelopeError when a control file cannot be opened or read;
     anything inside a readable file is tolerated.
     """
-    sender = client_ip = received_from = auth_user = None  # the first of each counts
+    sender = client_ip = received_from = auth_user = source = None  # the first of each counts
     undelivered: list = []
     for path in control_paths:
         try:
@@ -161,11 +162,14 @@ def read_envelope(control_paths: Sequence[str]) -> Envelope:
             elif key == "i":
                 if auth_user is None:
                     auth_user = line[1:].strip(_ASCII_SPACE)
+            elif key == "u":
+                if source is None:
+                    source = line[1:].strip(_ASCII_SPACE)
         if status_lines:
             done = _finished(status_lines)
             recipients = [address for number, address in enumerate(recipients) if number not in done]
         undelivered += recipients
-    return Envelope(sender, undelivered, client_ip, received_from, auth_user)
+    return Envelope(sender, undelivered, client_ip, received_from, auth_user, source)
 
 
 def message_id(header_block: bytes) -> Optional[str]:

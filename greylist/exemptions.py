@@ -78,10 +78,11 @@ class Exemptions:
     def facts(self, envelope: Envelope) -> Facts:
         """What matched, for a message's envelope (no DNS: see ``standing``)."""
         return self.facts_for(envelope.sender, envelope.recipients, envelope.client_ip,
-                              client_name(envelope.received_from), envelope.auth_user)
+                              client_name(envelope.received_from), envelope.auth_user, envelope.source)
 
     def facts_for(self, sender: Optional[str], recipients: Sequence[str], client_ip: Optional[str],
-                  name: Optional[str] = None, auth_user: Optional[str] = None) -> Facts:
+                  name: Optional[str] = None, auth_user: Optional[str] = None,
+                  source: Optional[str] = None) -> Facts:
         """What matched, for a message of this sender, these recipients, from this client."""
         address = None
         if client_ip is not None:
@@ -110,7 +111,9 @@ class Exemptions:
                      client_rule,
                      self.smtpaccess is not None and self.smtpaccess.is_relay_client(address),  # relay_client
                      sender_rule, recipient_rules, opted_in,
-                     self.reputation is not None)  # dns_lists
+                     self.reputation is not None,  # dns_lists
+                     None, (),  # standing (asked later), reply_keys (the filter's)
+                     self.skip_authenticated and source == "local")  # local_source
 
     def standing(self, facts: Facts, while_waiting: Optional[ContextManager] = None) -> Reputation:
         """The client's answers from the DNS lists and its name; ``while_waiting`` around the waits."""

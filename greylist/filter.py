@@ -162,8 +162,7 @@ class GreylistFilter:
                            error=str(error))
         facts = self.exemptions.facts(envelope)
         headers = read_header_block(body_path) if body_path and self._reads_headers else b""
-        if self.local_domains is not None and facts.sender \
-                and (facts.client_ip is None or facts.authenticated or facts.relay_client):
+        if self.local_domains is not None and facts.sender and facts.ours:
             facts = self._with_reply_keys(facts, headers)
         now = self.clock()
         step = policy.decide_message(facts, None, now, self.rules)

@@ -89,6 +89,12 @@ class Facts(NamedTuple):
     # With whitelist_replies, for our users' mail (authenticated, relay client, local):
     # the keys recording that the sender wrote to each remote recipient (keys.replies_sent).
     reply_keys: Tuple[str, ...] = ()
+    local_source: bool = False  # Courier's "local" mail source (sendmail), and skip_authenticated
+
+    @property
+    def ours(self) -> bool:
+        """Our users' mail, as the rules below let it pass as theirs."""
+        return self.client_ip is None or self.authenticated or self.local_source or self.relay_client
 
 
 
@@ -151,6 +157,8 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
         return Decision("pass", reason="no-recipients")
     if facts.authenticated:  # 1
         return _ours(Decision("whitelist", reason="authenticated"), facts, now)
+    if facts.local_source:  # 1: a logged-on user's, through sendmail
+        return _ours(Decision("whitelist", reason="local"), facts, now)
     if facts.client_rule is not None:  # 2
         return Decision("whitelist", reason=f"whitelisted:client:{facts.client_rule}")
     if facts.relay_client:  # 3

@@ -24,13 +24,14 @@ def write_control(
     raw_sender: Optional[bytes] = None,
     client_name: Optional[str] = "mx.example.org",
     auth_user: Optional[str] = None,
+    source: str = "esmtp",
 ) -> str:
     """Write a control file in Courier's format; returns its path.
 
     ``client_name`` None writes the ``f`` record of a client without reverse
     DNS, as Courier does: ``dns; HELO ([IP])``.
     """
-    lines = [b"uesmtp"]
+    lines = [b"u" + source.encode()]
     if raw_sender is not None:
         lines.append(b"s" + raw_sender)
     elif sender is not None:

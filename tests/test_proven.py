@@ -69,7 +69,8 @@ def decide(f: GreylistFilter, env, body: str = "", **control) -> str:
 
 @pytest.mark.parametrize("outbound", [
     {"auth_user": "alice", "ip": "203.0.113.9"},  # SMTP AUTH
-    {"ip": None},  # the local sendmail: no client address
+    {"source": "local", "ip": "127.0.0.1"},  # the local sendmail, as Courier writes its control file
+    {"ip": None},  # no client address
 ])
 def test_a_reply_to_our_users_mail_passes_at_its_first_attempt(env, outbound):
     f = env.filter(whitelist_replies=True, skip_authenticated=True)
@@ -108,7 +109,15 @@ def test_without_skip_authenticated_authenticated_mail_is_not_ours(env):
     f = env.filter(whitelist_replies=True)  # skip_authenticated off: greylisted like any other
     assert decide(f, env, sender=OURS, recipients=("carol@remote.example",), auth_user="alice",
                   ip="203.0.113.9").startswith(GREYLIST)
+    assert decide(f, env, sender=OURS, recipients=("carol@remote.example",), source="local",
+                  ip="127.0.0.1").startswith(GREYLIST)  # as the reference does
     assert not dict(env.store.items(REPLIES_TABLE))
+
+
+def test_the_local_sendmail_passes_with_skip_authenticated(env):
+    f = env.filter(skip_authenticated=True)
+    assert decide(f, env, sender=OURS, source="local", ip="127.0.0.1") == ""
+    assert "action=whitelist, reason=local, client_address=127.0.0.1" in env.lines[-1]
 
 
 def test_in_reply_to_form_needs_the_message_our_user_sent(env):

@@ -43,7 +43,7 @@ CHANGED = ["/etc/courier/esmtpd", "/etc/courier/smtpaccess/default", "/etc/couri
            "/etc/pythonfilter.conf",
            "/usr/lib/courier/filters/pythonfilter", "/etc/courier/filters/active/pythonfilter",
            "/usr/local/sbin/greylist", "/var/lib/courier/allfilters/.courier-greylist.status",
-           "/var/backups/greylist.jsonl.gz", "/etc/greylist-pg.conf"]
+           "/var/backups/greylist.jsonl.gz", "/etc/greylist-pg.conf", "/etc/courier/enablefiltering"]
 
 
 def readme_block(name: str) -> str:

@@ -11,10 +11,11 @@ import gzip
 import json
 import os
 import re
+import smtplib
 import subprocess
 
 import pytest
-from courier_rig import ROOT_PATH, CourierRig, run_block, unavailable
+from courier_rig import PORT, ROOT_PATH, CourierRig, run_block, unavailable
 from pgserver import PostgresServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
@@ -206,3 +207,57 @@ def test_the_migrate_block_copies_the_store_into_postgresql_twice_without_change
         assert len(exported.stdout.splitlines()) == int(copied.replace(",", ""))
     finally:
         server.close()
+
+
+def _set_esmtpd(name: str, value: str) -> None:
+    with open("/etc/courier/esmtpd") as handle:
+        text = handle.read()
+    with open("/etc/courier/esmtpd", "w") as handle:
+        handle.write(re.sub(rf"^{name}=.*$", f"{name}={value}", text, flags=re.MULTILINE))
+
+
+def test_replies_to_our_users_mail_pass_at_their_first_attempt(rig):
+    """Our users write out through SMTP AUTH and the local sendmail; the replies get 250 at once."""
+    user, password = f"gl{rig.token}", "e2e-" + rig.token
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], check=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+        _set_esmtpd("ESMTPAUTH", '"LOGIN PLAIN"')
+        subprocess.run(["esmtpd", "stop"], check=False)
+        subprocess.run(["esmtpd", "start"], check=True)
+        rig.wait_ready()
+        run_block("replies")
+        rig.set_settings("skip_authenticated = True\nwhitelist_replies = True\n")
+        alice, carol = rig.address("alice"), f"carol-{rig.token}@remote.example"
+        mark = rig.log_mark()
+        client = smtplib.SMTP("127.0.0.1", PORT, timeout=30)
+        try:
+            client.ehlo("client.example.org")
+            client.login(user, password)
+            client.sendmail(alice, [carol], b"Subject: out\r\n\r\nhello\r\n")
+        finally:
+            client.quit()
+        assert f"action=whitelist, reason=authenticated, client_address=::ffff:127.0.0.1, " \
+               f"sender={alice}, recipients={carol}" in rig.log_since(mark, "reason=authenticated")
+        code, text = rig.send(carol, alice)  # its first attempt
+        assert code == 250, text
+        assert f"action=whitelist, reason=reply, client_address=::ffff:127.0.0.1, sender={carol}" \
+            in rig.log_since(mark, "reason=reply")
+        dave, erin = rig.address("dave"), f"erin-{rig.token}@remote.example"
+        mark = rig.log_mark()
+        sent = subprocess.run(["/usr/sbin/sendmail", "-f", dave, erin], input=b"Subject: out\n\nhi\n",
+                              capture_output=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        assert f"action=whitelist, reason=local, client_address=127.0.0.1, client_name=localhost, " \
+               f"sender={dave}, recipients={erin}" in rig.log_since(mark, "reason=local")
+        code, text = rig.send(erin, dave)
+        assert code == 250, text
+        assert f"action=whitelist, reason=reply, client_address=::ffff:127.0.0.1, sender={erin}" \
+            in rig.log_since(mark, f"sender={erin}")
+    finally:
+        rig.set_settings("")
+        subprocess.run(["userdel", user], check=False)
+        _set_esmtpd("ESMTPAUTH", '""')
+        subprocess.run(["esmtpd", "stop"], check=False)
+        subprocess.run(["esmtpd", "start"], check=True)
+        rig.wait_ready()
