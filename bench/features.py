@@ -9,6 +9,9 @@ whitelist files (the shipped pool-senders list), recipient whitelist,
 sender normalisation, auto-whitelisting (never reached) and
 skip_authenticated.  Prints microseconds per decision for each.
 
+Then our users' mail (SMTP AUTH with skip_authenticated), without and with
+whitelist_replies, which records its remote recipient: one store write.
+
 Then the DNS lists (rbldnsd on a loopback port, as the tests start it): a
 decision whose answers come from the cache, one that asks the server (every
 client new), and the longest decision when the server never answers
@@ -49,7 +52,8 @@ FEATURES = dict(whitelist_files=("builtin:pool-senders",), whitelist_recipients=
                 normalize_senders=True, auto_whitelist_clients=1000, skip_authenticated=True)
 
 
-def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10", **settings) -> float:
+def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10",
+                 auth_user: Optional[str] = None, **settings) -> float:
     directory = tempfile.mkdtemp(prefix="greylist-features-")
     counts = writer = None
     try:
@@ -61,7 +65,7 @@ def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10", 
         greylist = GreylistFilter(Settings(db_dir=directory, greylist_time=0, **settings), store,
                                   clock=Clock(), log=lambda line: None, purge="never", counts=counts)
         paths = [write_control(os.path.join(directory, f"C{n}"), f"list-{n}@example.com", ip=ip,
-                               client_name=f"h{n}.example.net") for n in range(200)]
+                               client_name=f"h{n}.example.net", auth_user=auth_user) for n in range(200)]
         for path in paths:
             greylist.do_filter("", [path])
         count, started = 0, time.perf_counter()
@@ -76,6 +80,24 @@ def per_decision(seconds: float, metrics: bool = False, ip: str = "192.0.2.10", 
         return elapsed / count * 1e6
     finally:
         shutil.rmtree(directory)
+
+
+def outbound_costs(seconds: float) -> tuple:
+    """Microseconds per message of our users (SMTP AUTH, skip_authenticated), without and with
+    whitelist_replies (which records its remote recipient: one store write)."""
+    import courier.config
+
+    etc = tempfile.mkdtemp(prefix="greylist-features-etc-")
+    saved = courier.config.sysconfdir
+    try:
+        with open(os.path.join(etc, "locals"), "w") as handle:
+            handle.write("example.com\n")  # the senders' domain: bob@example.net is remote
+        courier.config.sysconfdir = etc
+        return (per_decision(seconds, auth_user="alice", skip_authenticated=True),
+                per_decision(seconds, auth_user="alice", skip_authenticated=True, whitelist_replies=True))
+    finally:
+        courier.config.sysconfdir = saved
+        shutil.rmtree(etc)
 
 
 def dns_costs(seconds: float) -> Optional[dict]:
@@ -208,6 +230,9 @@ def main() -> None:
     for label, settings in (("defaults (the reference's behaviour)", {}), ("every feature on", FEATURES),
                             ("defaults again", {})):
         print(f"{label:<40} {per_decision(args.seconds, **settings):7.1f} us per decision")
+    plain, recorded = outbound_costs(args.seconds)
+    print(f"{'our users mail, skip_authenticated':<40} {plain:7.1f} us per decision")
+    print(f"{'the same, recorded for whitelist_replies':<40} {recorded:7.1f} us per decision")
     dns = dns_costs(args.seconds)
     if dns is not None:
         print(f"{'defaults, a client on neither list':<40} {dns['default']:7.1f} us per decision")
