@@ -51,6 +51,8 @@ def _signature(path: str) -> Tuple[int, int, int]:
 class CourierDatabase:
     """One of Courier's dbm databases, re-opened when it is rebuilt."""
 
+    error = CourierDatabaseError  # what a database that cannot be read raises (a subclass names it)
+
     def __init__(self, path: str, log: Callable[[str], None] = lambda line: None) -> None:
         """Open the database now; raises CourierDatabaseError when it cannot be read."""
         self.path = path
@@ -70,7 +72,7 @@ class CourierDatabase:
             hint = ""
             if "dbm.gnu" in str(error) or isinstance(error, ImportError):
                 hint = " (install python3-gdbm: Courier writes it with gdbm)"
-            raise CourierDatabaseError(f"cannot read {self.path}: {error}{hint}") from None
+            raise self.error(f"cannot read {self.path}: {error}{hint}") from None
         old, self._db = self._db, db
         self._signature = signature
         if old is not None:

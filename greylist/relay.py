@@ -16,7 +16,9 @@ from typing import Optional
 
 from .courier_db import CourierDatabase, CourierDatabaseError, sysconfdir
 
-SmtpAccessError = CourierDatabaseError  # the name the callers know
+
+class SmtpAccessError(CourierDatabaseError):
+    """The smtpaccess database cannot be read."""
 
 
 def default_path() -> str:
@@ -35,6 +37,8 @@ def lookup_keys(address: ipaddress._BaseAddress) -> list:
 
 class SmtpAccess(CourierDatabase):
     """The smtpaccess database, re-opened when makesmtpaccess replaces it."""
+
+    error = SmtpAccessError
 
     def value(self, address: ipaddress._BaseAddress) -> Optional[str]:
         """The smtpaccess value that applies to an address, or None."""
