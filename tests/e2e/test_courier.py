@@ -228,7 +228,7 @@ def test_replies_to_our_users_mail_pass_at_their_first_attempt(rig):
         rig.wait_ready()
         run_block("replies")
         rig.set_settings("skip_authenticated = True\nwhitelist_replies = True\n")
-        alice, carol = rig.address("alice"), f"carol-{rig.token}@remote.example"
+        alice, carol = rig.address("replies-alice"), f"carol-{rig.token}@remote.example"
         mark = rig.log_mark()
         client = smtplib.SMTP("127.0.0.1", PORT, timeout=30)
         try:
@@ -243,7 +243,7 @@ def test_replies_to_our_users_mail_pass_at_their_first_attempt(rig):
         assert code == 250, text
         assert f"action=whitelist, reason=reply, client_address=::ffff:127.0.0.1, sender={carol}" \
             in rig.log_since(mark, "reason=reply")
-        dave, erin = rig.address("dave"), f"erin-{rig.token}@remote.example"
+        dave, erin = rig.address("replies-dave"), f"erin-{rig.token}@remote.example"
         mark = rig.log_mark()
         sent = subprocess.run(["/usr/sbin/sendmail", "-f", dave, erin], input=b"Subject: out\n\nhi\n",
                               capture_output=True, timeout=60)
