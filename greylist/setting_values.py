@@ -237,31 +237,28 @@ def _strings(value: Any, expected: str, non_empty: bool = False) -> list:
 _ZONE_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
+def _names(value: Any, what: str, example: str, longest: int) -> tuple:
+    """Host names (labels of letters, digits, '-' and '_' between dots), lower-cased."""
+    names = []
+    for text in _strings(value, f"a list of {what}s, e.g. [{example!r}]"):
+        name = text.strip().lower().rstrip(".")
+        labels = name.split(".")
+        if len(name) > longest or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
+            raise ValueError(f"{text!r} is not a {what} name (letters, digits, '-' and '_' "
+                             f"between dots, e.g. {example!r})")
+        names.append(name)
+    return tuple(names)
+
+
 def zones(value: Any) -> tuple:
     """DNS list zones: host-name labels only, so a zone can never change a query's meaning."""
-    zones = []
-    for zone in _strings(value, "a list of DNS zones, e.g. ['zen.spamhaus.org']"):
-        name = zone.strip().lower().rstrip(".")
-        labels = name.split(".")
-        # 180: the query name adds an IPv6 client's 32 nibbles (64 characters); DNS allows 253.
-        if len(name) > 180 or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
-            raise ValueError(f"{zone!r} is not a DNS zone name (letters, digits, '-' and '_' "
-                             f"between dots, e.g. 'list.dnswl.org')")
-        zones.append(name)
-    return tuple(zones)
+    # 180: the query name adds an IPv6 client's 32 nibbles (64 characters); DNS allows 253.
+    return _names(value, "DNS zone", "list.dnswl.org", 180)
 
 
 def domains(value: Any) -> tuple:
     """Mail domains, lower-cased (``example.com``; no ``@``)."""
-    names = []
-    for domain in _strings(value, "a list of mail domains, e.g. ['gmail.com']"):
-        name = domain.strip().lower().rstrip(".")
-        labels = name.split(".")
-        if len(name) > 253 or len(labels) < 2 or not all(_ZONE_LABEL.match(label) for label in labels):
-            raise ValueError(f"{domain!r} is not a mail domain (letters, digits, '-' and '_' "
-                             f"between dots, e.g. 'gmail.com')")
-        names.append(name)
-    return tuple(names)
+    return _names(value, "mail domain", "gmail.com", 253)
 
 
 def servers(value: Any) -> tuple:
