@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # The rooms are imported by initFilter, not here: ``import greylist.triplet`` (a
 # fold's copying child, a command) loads no filter, store or metrics module.
 
-__version__ = "0.1.0"
+from .version import VERSION as __version__  # noqa: E402
 
 NOT_STARTED_REPLY = UNAVAILABLE_REPLY
 _TELL_AGAIN = 600.0  # seconds between two log lines saying why the filter did not start

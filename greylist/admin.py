@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 from . import policy
 from .filter import GreylistFilter, read_stored
-from .stores import AUTO_WHITELIST_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
+from .stores import AUTO_WHITELIST_TABLE, COUNTED_TABLES, GREYTRAPS_TABLE, NOT_PASSED_TABLE, PASSED_TABLE
+from .tables import ttl_of
 from .triplet import IPAddress, network_of
 
 # Age buckets of the stats histogram: (upper bound in seconds, label).
@@ -101,6 +102,7 @@ class Lookup:
     reply: str = ""
     triplets: list = field(default_factory=list)
     client: Optional[ClientState] = None
+    trapped_until: Optional[float] = None  # greytrap_recipients: the client network is trapped until then
 
 
 def _state(recipient: str, key: str, stored: policy.StoredState, now: float,
@@ -140,7 +142,10 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
         triplet = _state(recipient, key, every.triplets[key], now, rules.timing)
         triplet.whitelisted = f"whitelisted:recipient:{rule}" if rule else None
         lookup.triplets.append(triplet)
-    if every.client_key is not None:
+    if every.trap_key is not None and settings.greytrap_recipients and \
+            policy.live_time(every.trapped, settings.greytrap_time, now) is not None:
+        lookup.trapped_until = every.trapped + settings.greytrap_time
+    if every.client_key is not None and settings.auto_whitelist_clients:
         record = every.client
         lookup.client = ClientState(every.client_key, settings.auto_whitelist_clients)
         if record is not None and policy.live_time(record[0], settings.senders_passed_ttl, now):
@@ -152,41 +157,54 @@ def show(greylist: GreylistFilter, sender: str, recipients: Sequence[str], addre
 
 def allow(greylist: GreylistFilter, sender: str, recipients: Sequence[str], address: IPAddress,
           now: float) -> list:
-    """Let the triplets through from now on (as if they had passed); returns their keys."""
+    """Let the triplets through from now on (as if they had passed), the client's network out of
+    a greytrap; returns the triplets' keys."""
     keys = greylist.keys.triplets(sender, recipients, address)
+    trap = _trap_key(greylist, address)
     with greylist.store.transaction() as tx:
-        tx.lock_and_load(keys)
+        tx.lock_and_load(keys, {GREYTRAPS_TABLE: (trap,)} if trap else {})
         for key in keys:
             tx.set(PASSED_TABLE, key, int(now))
             tx.delete(NOT_PASSED_TABLE, key)
+        if trap:
+            tx.delete(GREYTRAPS_TABLE, trap)
     return keys
+
+
+def _trap_key(greylist: GreylistFilter, address: IPAddress) -> Optional[str]:
+    """The client network's key in the greytraps table, when the store has that table."""
+    if GREYTRAPS_TABLE not in greylist.store.tables:
+        return None
+    settings = greylist.settings
+    return network_of(address, settings.ipv4_prefix, settings.ipv6_prefix)
 
 
 def delete(greylist: GreylistFilter, sender: str, recipients: Sequence[str],
            address: IPAddress) -> int:
-    """Forget the triplets; returns how many entries there were."""
+    """Forget the triplets, and the client network's greytrap; returns how many entries there were."""
     keys = greylist.keys.triplets(sender, recipients, address)
+    trap = _trap_key(greylist, address)
     found = 0
     with greylist.store.transaction() as tx:
-        tx.lock_and_load(keys)
-        for key in keys:
-            for table in (PASSED_TABLE, NOT_PASSED_TABLE):
-                if tx.get(table, key) is not None:
-                    found += 1
-                    tx.delete(table, key)
+        tx.lock_and_load(keys, {GREYTRAPS_TABLE: (trap,)} if trap else {})
+        for table, key in [(table, key) for key in keys for table in (PASSED_TABLE, NOT_PASSED_TABLE)] \
+                + ([(GREYTRAPS_TABLE, trap)] if trap else []):
+            if tx.get(table, key) is not None:
+                found += 1
+                tx.delete(table, key)
     return found
 
 
 def stats(greylist: GreylistFilter, now: float, top: int = 20) -> dict:
-    """Entries per table, their ages, and the auto-whitelisted networks."""
+    """Entries per table, their ages, the auto-whitelisted and the trapped networks."""
     store, settings = greylist.store, greylist.settings
     result: dict = {"store": store.description, "now": int(now), "tables": {}}
     for table in store.tables:
-        ttl = settings.senders_not_passed_ttl if table == NOT_PASSED_TABLE else settings.senders_passed_ttl
+        ttl = ttl_of(table, settings)
         ages = {label: 0 for _, label in AGE_BUCKETS}
         total = expired = unreadable = 0
         networks = []
-        if table == AUTO_WHITELIST_TABLE:
+        if table in COUNTED_TABLES:
             rows = ((key, stamp, count) for key, stamp, count in store.counted_items(table))
         else:
             rows = ((key, stamp, None) for key, stamp in store.items(table))
@@ -202,13 +220,18 @@ def stats(greylist: GreylistFilter, now: float, top: int = 20) -> dict:
                 if age < bound:
                     ages[label] += 1
                     break
-            if count is not None and age <= ttl:
+            if table == AUTO_WHITELIST_TABLE and age <= ttl:
                 networks.append({"network": key, "passes": count, "last_seen": int(stamp),
                                  "whitelisted": 0 < settings.auto_whitelist_clients <= count})
+            elif table == GREYTRAPS_TABLE and age <= ttl:
+                networks.append({"network": key, "until": int(stamp + ttl)})
         entry = {"entries": total, "expired": expired, "unreadable": unreadable, "ages": ages}
         if table == AUTO_WHITELIST_TABLE:
             networks.sort(key=lambda n: (-n["passes"], n["network"]))
             entry["whitelisted_networks"] = sum(1 for n in networks if n["whitelisted"])
             entry["networks"] = networks[:top]
+        elif table == GREYTRAPS_TABLE:
+            entry["trapped_networks"] = len(networks)
+            entry["trapped"] = sorted(networks, key=lambda n: -n["until"])[:top]
         result["tables"][table] = entry
     return result

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dbm
 import errno
 import os
+import socket
 import threading
 from typing import Callable, Iterable, Optional, Tuple
 
 from .errors import GreylistError
-from .safe_files import dbm_flavour
+from .safe_files import dbm_flavour, read_regular
 
 
 def sysconfdir() -> str:
@@ -27,6 +28,15 @@ def sysconfdir() -> str:
         return courier.config.sysconfdir
     except (ImportError, AttributeError):
         return "/etc/courier"
+
+
+def me(directory: Optional[str] = None) -> str:
+    """Courier's name for this host (the ``me`` file's first line), else the system's."""
+    try:
+        name = read_regular(os.path.join(directory or sysconfdir(), "me"), 4096).decode("utf-8", "replace")
+    except OSError:
+        name = ""
+    return name.split("\n", 1)[0].strip() or socket.gethostname()
 
 
 class CourierDatabaseError(GreylistError):

@@ -71,9 +71,11 @@ class Exemptions:
         self.greylist_recipients = (build_whitelist((), (), settings.greylist_recipients)
                                     if settings.greylist_recipients else None)
         self.reputation = open_reputation(settings, on_dns_query)
+        self.greytraps = (build_whitelist((), (), settings.greytrap_recipients)
+                          if settings.greytrap_recipients else None)
         # With none of the exemptions on (the reference's settings), a message's facts are its envelope's.
         self.none_on = not self.skip_authenticated and self.whitelists is None and self.smtpaccess is None \
-            and self.greylist_recipients is None and self.reputation is None
+            and self.greylist_recipients is None and self.reputation is None and self.greytraps is None
 
     def facts(self, envelope: Envelope) -> Facts:
         """What matched, for a message's envelope (no DNS: see ``standing``)."""
@@ -113,7 +115,9 @@ class Exemptions:
                      sender_rule, recipient_rules, opted_in,
                      self.reputation is not None,  # dns_lists
                      None, (),  # standing (asked later), reply_keys (the filter's)
-                     self.skip_authenticated and source == "local")  # local_source
+                     self.skip_authenticated and source == "local",  # local_source
+                     self.greytraps is not None  # trap
+                     and any(self.greytraps.match_recipient(r) is not None for r in recipients))
 
     def standing(self, facts: Facts, while_waiting: Optional[ContextManager] = None) -> Reputation:
         """The client's answers from the DNS lists and its name; ``while_waiting`` around the waits."""

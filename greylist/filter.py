@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from . import policy
+from . import header, policy
+from .courier_db import me
 from .decision_line import Verdict, log_safe
 from .envelope import EnvelopeError, message_id, read_envelope, read_header_block, references
 from .exemptions import Exemptions
@@ -41,6 +42,7 @@ from .spf import spf_pass_domain
 from .stores import (
     AUTO_WHITELIST_TABLE,
     DOMAINS_TABLE,
+    GREYTRAPS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
@@ -51,6 +53,7 @@ from .stores import (
     Transaction,
 )
 from .upkeep import Upkeep
+from .version import VERSION
 
 STORE_FAILURE_REPLY = UNAVAILABLE_REPLY
 _TRIPLET_TABLES = (NOT_PASSED_TABLE, PASSED_TABLE)
@@ -66,6 +69,7 @@ def rules_of(settings: Settings) -> policy.Rules:
         auto_whitelist_clients=settings.auto_whitelist_clients,
         auto_whitelist_senders=settings.auto_whitelist_senders,
         auto_whitelist_domains=settings.auto_whitelist_domains,
+        greytrap_time=settings.greytrap_time if settings.greytrap_recipients else 0.0,
         learn_only=settings.learn_only, reply=settings.reply)
 
 
@@ -118,6 +122,8 @@ class GreylistFilter:
         # whitelist_replies: which recipients of our users' mail are remote (Courier's locals).
         self.local_domains = LocalDomains(log=log) if settings.whitelist_replies else None
         self.last_decision: Optional[float] = None  # Unix time of the last decision without an error
+        self.header_mode = settings.x_greylist_header
+        self.signature = f"courier-greylist-{VERSION} at {settings.x_greylist_host or me()}"
 
     # --- the dispatcher's call ---------------------------------------------------
 
@@ -136,12 +142,29 @@ class GreylistFilter:
                 finished = time.perf_counter()
                 counts.decided("error", "internal", finished - started, finished)
             return self._store_failure_reply()
+        if self.header_mode != "none" and body_path and verdict.reply == "" \
+                and verdict.action in ("pass", "whitelist"):
+            self._add_header(body_path, verdict)
         if verdict.action != "error":
             self.last_decision = time.time()
         if counts is not None:
             finished = time.perf_counter()
             counts.decided(verdict.action, verdict.reason, finished - started, finished)
         return verdict.reply
+
+    def _add_header(self, body_path: str, verdict: Verdict) -> None:
+        """The X-Greylist line in front of the message; a failure is one log line, and the
+        message passes as it was."""
+        decision = verdict.decision
+        line = header.header_line(self.header_mode, decision.reason, decision.delay, self.signature,
+                                  self.clock())
+        if line is None:
+            return
+        try:
+            header.prepend(body_path, line)
+        except (OSError, ValueError) as error:
+            self.log(f"greylist: the X-Greylist header was not added ({log_safe(str(error))}); "
+                     f"the message passes as it was")
 
     def _store_failure_reply(self) -> str:
         return STORE_FAILURE_REPLY if self.settings.on_store_error == "tempfail" else ""
@@ -237,10 +260,11 @@ class GreylistFilter:
 
 def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
     """What the store holds under a message's keys, every key read once (in a transaction)."""
-    client, sender, domain = keys.client, keys.sender, keys.domain
+    client, sender, domain, trap = keys.client, keys.sender, keys.domain, keys.trap
     more: dict = {}
     if client or keys.messages or sender or keys.replies:  # (the reference's settings: none)
         for table, listed in ((AUTO_WHITELIST_TABLE, (client,) if client else ()),
+                              (GREYTRAPS_TABLE, (trap,) if trap else ()),
                               (MESSAGE_ID_TABLE, tuple(keys.messages.values())),
                               (SENDERS_TABLE, (sender,) if sender else ()),
                               (DOMAINS_TABLE, (domain,) if domain else ()),
@@ -257,7 +281,8 @@ def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
         {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()} if keys.messages else {},
         sender, tx.get(SENDERS_TABLE, sender) if sender else None,
         domain, tx.get_counted(DOMAINS_TABLE, domain) if domain else None,
-        tuple(_newest(tx.get(REPLIES_TABLE, key) for key in each) for each in keys.replies))
+        tuple(_newest(tx.get(REPLIES_TABLE, key) for key in each) for each in keys.replies),
+        trap, tx.get(GREYTRAPS_TABLE, trap) if trap else None)
 
 
 def _newest(times) -> Optional[float]:

@@ -23,11 +23,12 @@ class MessageKeys(NamedTuple):
 
     triplets: Tuple[str, ...]  # in recipient order, repeats kept
     unique: Tuple[str, ...]  # each once
-    client: Optional[str] = None  # its network, with auto_whitelist_clients
+    client: Optional[str] = None  # its network, with auto_whitelist_clients or greytrap_recipients
     messages: Dict[str, str] = {}  # triplet key -> Message-ID key, with match_retry_by_message_id
     sender: Optional[str] = None  # sender and network, with auto_whitelist_senders or _domains
     domain: Optional[str] = None  # sender domain and network, with auto_whitelist_domains
     replies: Tuple[Tuple[str, ...], ...] = ()  # per recipient, the keys saying it wrote to the sender
+    trap: Optional[str] = None  # its network, with greytrap_recipients
 
 
 # The most Message-IDs of In-Reply-To and References looked up (the last ones:
@@ -52,7 +53,9 @@ class Keys:
         self.ipv4_prefix = settings.ipv4_prefix
         self.ipv6_prefix = settings.ipv6_prefix
         self.normalize = settings.normalize_senders
-        self.auto_whitelist = settings.auto_whitelist_clients > 0
+        self.greytraps = bool(settings.greytrap_recipients)
+        # With greytraps the networks that passed are counted too: they are never trapped.
+        self.auto_whitelist = settings.auto_whitelist_clients > 0 or self.greytraps
         self.senders = settings.auto_whitelist_senders or settings.auto_whitelist_domains > 0
         self.domains = settings.auto_whitelist_domains > 0
         self.domains_except = frozenset(settings.auto_whitelist_domains_except)
@@ -89,18 +92,20 @@ class Keys:
                     if message is not None else {})
         keys = tuple(triplets)
         unique = keys if len(keys) == 1 else tuple(dict.fromkeys(keys))
+        client = self.client(address)
+        trap = client if self.greytraps else None
         if not (self.senders or self.replies):
-            return MessageKeys(keys, unique, self.client(address), messages)
+            return MessageKeys(keys, unique, client, messages, trap=trap)
         sender = self.address(sender)
         network = client_network(address, self.ipv4_prefix, self.ipv6_prefix)
         domain = domain_of(sender)
         return MessageKeys(
-            keys, unique, self.client(address), messages,
+            keys, unique, client, messages,
             digest("sender", sender, network) if self.senders else None,
             digest("domain", domain, network) if self.domains and domain
             and domain not in self.domains_except else None,
             tuple(self.reply_keys(sender, recipient, references) for recipient in recipients)
-            if self.replies else ())
+            if self.replies else (), trap)
 
     def reply_keys(self, sender: str, recipient: str, references: Sequence[str]) -> Tuple[str, ...]:
         """The keys under which ``recipient`` (ours) would have recorded writing to ``sender``."""

@@ -16,11 +16,10 @@ keys.  The files are read again when they change.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from typing import Callable, Optional, Tuple
 
-from .courier_db import CourierDatabase, CourierDatabaseError, sysconfdir
+from .courier_db import CourierDatabase, CourierDatabaseError, me, sysconfdir
 from .safe_files import read_regular
 
 _LIMIT = 1 << 20  # a locals file larger than this is not one
@@ -42,7 +41,7 @@ class LocalDomains:
         directory = directory or sysconfdir()
         self._log = log
         self._locals_path = os.path.join(directory, "locals")
-        self._me_path = os.path.join(directory, "me")
+        self._directory = directory
         self._hosted_path = os.path.join(directory, "hosteddomains.dat")
         self._lock = threading.Lock()
         self._locals_signature: object = ()
@@ -56,13 +55,9 @@ class LocalDomains:
         self._locals_signature = signature
         try:
             if signature is None:  # courier(8): without locals, me is the local domain
-                text = read_regular(self._me_path, _LIMIT).decode("utf-8", "replace")
-                self._rules = (text.split("\n", 1)[0].strip().lower() or socket.gethostname().lower(),)
+                self._rules = (me(self._directory).lower(),)
                 return
             text = read_regular(self._locals_path, _LIMIT).decode("utf-8", "replace")
-        except FileNotFoundError:
-            self._rules = (socket.gethostname().lower(),)
-            return
         except OSError as error:
             self._log(f"greylist: cannot read {self._locals_path}: {error}; keeping what was read before")
             return

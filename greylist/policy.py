@@ -37,7 +37,7 @@ from .proven import (  # noqa: F401
     domain_record_after,
 )
 from .replies import DEFAULT_REPLY, INTERNAL_FAILURE_REPLY, tempfail_reply
-from .tables import AUTO_WHITELIST_TABLE, DOMAINS_TABLE, REPLIES_TABLE, SENDERS_TABLE
+from .tables import AUTO_WHITELIST_TABLE, DOMAINS_TABLE, GREYTRAPS_TABLE, REPLIES_TABLE, SENDERS_TABLE
 from .triplet import IPAddress
 
 
@@ -51,6 +51,7 @@ class Rules:
     auto_whitelist_clients: int = 0
     auto_whitelist_senders: bool = False
     auto_whitelist_domains: int = 0
+    greytrap_time: float = 0.0  # 0: no greytraps
     learn_only: bool = False
     reply: str = DEFAULT_REPLY
 
@@ -90,6 +91,7 @@ class Facts(NamedTuple):
     # the keys recording that the sender wrote to each remote recipient (keys.replies_sent).
     reply_keys: Tuple[str, ...] = ()
     local_source: bool = False  # Courier's "local" mail source (sendmail), and skip_authenticated
+    trap: bool = False  # a recipient is one of greytrap_recipients
 
     @property
     def ours(self) -> bool:
@@ -113,6 +115,8 @@ class Stored(NamedTuple):
     domain_key: Optional[str] = None  # with auto_whitelist_domains (not for excepted domains)
     domain: Optional[ClientRecord] = None  # last seen, distinct senders passed
     replies: Tuple[Optional[float], ...] = ()  # per recipient: when it last wrote to the sender
+    trap_key: Optional[str] = None  # the client network, with greytrap_recipients
+    trapped: Optional[float] = None  # when it was trapped
 
 
 
@@ -137,6 +141,7 @@ class ReadStore(NamedTuple):
     recipients: Tuple[str, ...]
     timing: Timing  # the one that applies (a DNSBL listing lengthens greylist_time)
     left_out: int = 0  # recipients a whitelist entry left out
+    trap: bool = False  # a recipient is a greytrap
 
 
 ASK_DNS_LISTS = "ask-dns-lists"  # decide_message's request: ask the DNS lists, then call again
@@ -187,7 +192,7 @@ def decide_message(facts: Facts, stored: Optional[Stored], now: float, rules: Ru
             timing = Timing(rules.dnsbl_greylist_time, timing.passed_ttl, timing.not_passed_ttl)
         elif rules.suspicious_only and not standing.suspicious:
             return Decision("pass", reason="not-suspicious", whitelisted_recipients=left_out)
-    request = ReadStore(recipients, timing, left_out)
+    request = ReadStore(recipients, timing, left_out, facts.trap)
     if stored is None:
         return request
     return decide_stored(request, stored, now, rules)
@@ -200,34 +205,47 @@ def _ours(decision: Decision, facts: Facts, now: float) -> Decision:
 
 
 def decide_stored(request: ReadStore, stored: Stored, now: float, rules: Rules) -> Decision:
-    """The rules that need the store (8-12), once it was read for ``decide_message``'s request."""
+    """The rules that need the store (8-13), once it was read for ``decide_message``'s request."""
     timing, left_out = request.timing, request.left_out
     ttl = timing.passed_ttl
-    if rules.auto_whitelist_clients and auto_whitelisted(  # 8
+    if stored.trap_key is not None and rules.greytrap_time:  # 8
+        if live_time(stored.trapped, rules.greytrap_time, now) is not None:
+            return _greytrapped(timing, rules, [], left_out)
+        if request.trap and not auto_whitelisted(stored.client, now, ttl, 1):  # it never passed
+            return _greytrapped(timing, rules, [Write(GREYTRAPS_TABLE, stored.trap_key, int(now))], left_out)
+    if rules.auto_whitelist_clients and auto_whitelisted(  # 9
             stored.client, now, ttl, rules.auto_whitelist_clients):
         decision = Decision("whitelist", reason="auto-whitelisted", whitelisted_recipients=left_out)
         _record_client(decision, stored, None, now, timing)
         return decision
-    if rules.auto_whitelist_senders and live_time(stored.sender, ttl, now) is not None:  # 9
+    if rules.auto_whitelist_senders and live_time(stored.sender, ttl, now) is not None:  # 10
         return Decision("whitelist", "auto-whitelisted:sender", writes=[
             Write(SENDERS_TABLE, stored.sender_key, int(now))], whitelisted_recipients=left_out)
-    if stored.domain_key is not None and rules.auto_whitelist_domains and auto_whitelisted(  # 10
+    if stored.domain_key is not None and rules.auto_whitelist_domains and auto_whitelisted(  # 11
             stored.domain, now, ttl, rules.auto_whitelist_domains):
         return Decision("whitelist", "auto-whitelisted:domain", writes=[
             Write(DOMAINS_TABLE, stored.domain_key, int(now), stored.domain[1])],
             whitelisted_recipients=left_out)
-    if stored.replies:  # 11: a recipient who wrote to the sender is left out; the others still decide
+    if stored.replies:  # 12: a recipient who wrote to the sender is left out; the others still decide
         kept = [n for n, when in enumerate(stored.replies) if live_time(when, ttl, now) is None]
         if not kept:
             return Decision("whitelist", "reply", whitelisted_recipients=left_out)
         if len(kept) < len(stored.keys):
             left_out += len(stored.keys) - len(kept)
             stored = stored._replace(keys=tuple(stored.keys[n] for n in kept))
-    return _greylisting(stored, now, timing, rules, left_out)  # 12
+    return _greylisting(stored, now, timing, rules, left_out)  # 13
+
+
+def _greytrapped(timing: Timing, rules: Rules, writes: list, left_out: int) -> Decision:
+    """A trapped client gets the reply of a new triplet, word for word: the trap is not told."""
+    if rules.learn_only:
+        return Decision("learn", "greytrap", "", timing.greylist_time, writes, [], left_out)
+    return Decision("greylist", "greytrap", tempfail_reply(timing.greylist_time, rules.reply),
+                    timing.greylist_time, writes, [], left_out)
 
 
 def _greylisting(stored: Stored, now: float, timing: Timing, rules: Rules, left_out: int) -> Decision:
-    """Rule 12: the greylisting rule on the triplets left, retries by Message-ID counted."""
+    """Rule 13: the greylisting rule on the triplets left, retries by Message-ID counted."""
     triplets = decide_triplets(stored.keys, stored.triplets, now, timing)
     if stored.message_keys and not triplets.accept:
         triplets = retried_by_message_id(triplets, stored.message_keys, stored.messages, now, timing)

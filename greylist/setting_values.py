@@ -256,6 +256,13 @@ def zones(value: Any) -> tuple:
     return _names(value, "DNS zone", "list.dnswl.org", 180)
 
 
+def host_name(value: Any) -> str:
+    """One host name (what the X-Greylist header says the filter runs at)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name, e.g. 'mx1.example.org', got {value!r}")
+    return _names([value], "host", "mx1.example.org", 253)[0]
+
+
 def domains(value: Any) -> tuple:
     """Mail domains, lower-cased (``example.com``; no ``@``)."""
     return _names(value, "mail domain", "gmail.com", 253)

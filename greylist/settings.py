@@ -80,6 +80,10 @@ class Settings:
     auto_whitelist_domains: int = 0  # distinct senders of a domain that make it proven; 0: off
     auto_whitelist_domains_except: tuple = FREE_MAIL_DOMAINS
     greylist_recipients: tuple = ()  # empty: every recipient
+    x_greylist_header: str = "none"  # or "delays", "all"
+    x_greylist_host: Optional[str] = None  # the header's host name; None: Courier's me, else the system's
+    greytrap_recipients: tuple = ()  # addresses nobody uses: a client that writes to one before it passed
+    greytrap_time: float = 86400
     metrics_file: Optional[str] = None  # Prometheus text file for node_exporter; None: off
     metrics_interval: float = 15.0
     db_type: str = "dbm"
@@ -136,6 +140,10 @@ _GREYLIST_KEYS: dict = {
     "auto_whitelist_domains": ("auto_whitelist_domains", values.count(0, 1_000_000)),
     "auto_whitelist_domains_except": ("auto_whitelist_domains_except", values.domains),
     "greylist_recipients": ("greylist_recipients", values.recipient_rules),
+    "x_greylist_header": ("x_greylist_header", values.choice("none", "delays", "all")),
+    "x_greylist_host": ("x_greylist_host", values.host_name),
+    "greytrap_recipients": ("greytrap_recipients", values.recipient_rules),
+    "greytrap_time": ("greytrap_time", values.positive_duration),
     "metrics_file": ("metrics_file", values.prom_path),
     "metrics_interval": ("metrics_interval", values.wait_bound(86400)),
     # The original module's debug switch; accepted and ignored.

@@ -28,21 +28,38 @@ DOMAINS_TABLE = "greylist_Domains"
 # strict form, a Message-ID our user sent) -> when our user last wrote to it.
 REPLIES_TABLE = "greylist_Replies"
 
-OPTIONAL_TABLES = (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE)
+# greytrap_recipients: client network (CIDR text) -> when it was trapped.
+GREYTRAPS_TABLE = "greylist_Greytraps"
+
+OPTIONAL_TABLES = (AUTO_WHITELIST_TABLE, MESSAGE_ID_TABLE, SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE,
+                   GREYTRAPS_TABLE)
 ALL_TABLES = TABLES + OPTIONAL_TABLES
 # Tables whose values are "time count" (the others hold a time).
 COUNTED_TABLES = (AUTO_WHITELIST_TABLE, DOMAINS_TABLE)
-# Tables purged with senders_not_passed_ttl (the others: senders_passed_ttl).
+# Tables purged with senders_not_passed_ttl (greylist_Greytraps: greytrap_time; the others:
+# senders_passed_ttl).
 SHORT_LIVED_TABLES = (NOT_PASSED_TABLE, MESSAGE_ID_TABLE)
 
 
 def wanted_tables(settings) -> Tuple[str, ...]:
     """Our tables that the settings use (a ``settings.Settings``)."""
+    greytraps = bool(settings.greytrap_recipients)
     wanted = {
-        AUTO_WHITELIST_TABLE: settings.auto_whitelist_clients > 0,
+        # With greytraps, the client networks that passed are counted: they are never trapped.
+        AUTO_WHITELIST_TABLE: settings.auto_whitelist_clients > 0 or greytraps,
         MESSAGE_ID_TABLE: settings.match_retry_by_message_id,
         SENDERS_TABLE: settings.auto_whitelist_senders or settings.auto_whitelist_domains > 0,
         DOMAINS_TABLE: settings.auto_whitelist_domains > 0,
         REPLIES_TABLE: bool(settings.whitelist_replies),
+        GREYTRAPS_TABLE: greytraps,
     }
     return tuple(table for table in OPTIONAL_TABLES if wanted[table])
+
+
+def ttl_of(table: str, settings) -> float:
+    """How long an entry of ``table`` lives after it was last written (a ``settings.Settings``)."""
+    if table in SHORT_LIVED_TABLES:
+        return settings.senders_not_passed_ttl
+    if table == GREYTRAPS_TABLE:
+        return settings.greytrap_time
+    return settings.senders_passed_ttl

@@ -16,7 +16,7 @@ from .decision_line import log_safe
 from .metrics import Counts
 from .settings import Settings
 from .stores import Store, StoreError
-from .tables import SHORT_LIVED_TABLES
+from .tables import ttl_of
 
 
 class Upkeep:
@@ -85,8 +85,7 @@ class Upkeep:
         removed, failed, started = 0, False, time.monotonic()
         try:
             for table in self.store.tables:
-                ttl = (self.settings.senders_not_passed_ttl if table in SHORT_LIVED_TABLES
-                       else self.settings.senders_passed_ttl)
+                ttl = ttl_of(table, self.settings)
                 report = None if progress is None else functools.partial(progress, table)
                 removed += self.store.purge(table, now - ttl, report)
         except Exception as error:

@@ -30,7 +30,8 @@ def _started(config: str, control: str) -> bool:
 
 
 STARTS = {"good", "a misspelt key", "a whitelist file that comes later",
-          "a metrics directory that is missing", "fewer delays"}  # the others stop the filter at start
+          "a metrics directory that is missing", "fewer delays",
+          "a header and greytraps"}  # the others stop the filter at start
 
 
 @pytest.mark.parametrize("name, text", [
@@ -53,6 +54,8 @@ STARTS = {"good", "a misspelt key", "a whitelist file that comes later",
     ("an unknown store type", "[ttldb]\ntype = 'mysql'\n"),
     ("fewer delays", "[greylist.py]\nwhitelist_replies = 'in-reply-to'\nauto_whitelist_senders = True\n"
                      "auto_whitelist_domains = 2\n[ttldb]\ndir = '{store}'\n"),
+    ("a header and greytraps", "[greylist.py]\nx_greylist_header = 'all'\n"
+                               "greytrap_recipients = ['@trap.example']\n[ttldb]\ndir = '{store}'\n"),
     ("a free-mail list that is not one", "[greylist.py]\nauto_whitelist_domains_except = ['@gmail.com']\n"
                                          "[ttldb]\ndir = '{store}'\n"),
 ])
@@ -121,7 +124,8 @@ def test_check_config_says_whether_the_dispatcher_would_start(tmp_path):
                                             ("match_retry_by_message_id", True),
                                             ("whitelist_replies", True),
                                             ("auto_whitelist_senders", True),
-                                            ("auto_whitelist_domains", 2)])
+                                            ("auto_whitelist_domains", 2),
+                                            ("greytrap_recipients", ["trap@example.org"])])
 def test_tables_the_dispatcher_makes_at_start_are_no_problem(tmp_path, setting, value):
     store = tmp_path / "store"
     store.mkdir()

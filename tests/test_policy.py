@@ -200,7 +200,8 @@ def test_the_reply_carries_the_longest_wait_whatever_the_order(left, new, known,
 
 
 ADDRESS = ipaddress.ip_address("192.0.2.10")
-RULES = Rules(timing=T, auto_whitelist_clients=1, auto_whitelist_senders=True, auto_whitelist_domains=2)
+RULES = Rules(timing=T, auto_whitelist_clients=1, auto_whitelist_senders=True, auto_whitelist_domains=2,
+              greytrap_time=86400)
 
 
 class Answers:
@@ -224,9 +225,10 @@ def test_the_rules_apply_in_the_order_docs_policy_md_lists_them():
     facts = Facts("a@example.com", ("b@example.net",), "192.0.2.10", ADDRESS, authenticated=True,
                   client_rule="192.0.2.0/24", relay_client=True, sender_rule="@example.com",
                   recipient_rules=("b@example.net",), opted_in=(False,), dns_lists=True,
-                  standing=Answers(dnswl="wl.example"))
+                  standing=Answers(dnswl="wl.example"), trap=True)
     stored = Stored(("k",), {}, client_key="192.0.2.0/24", client=(NOW - 10, 5), sender_key="s",
-                    sender=NOW - 10, domain_key="d", domain=(NOW - 10, 2), replies=(NOW - 10,))
+                    sender=NOW - 10, domain_key="d", domain=(NOW - 10, 2), replies=(NOW - 10,),
+                    trap_key="192.0.2.0/24", trapped=NOW - 10)
     switches = [dict(authenticated=False), dict(client_rule=None), dict(relay_client=False),
                 dict(sender_rule=None), dict(recipient_rules=()), dict(opted_in=None),
                 dict(standing=Answers())]
@@ -234,7 +236,11 @@ def test_the_rules_apply_in_the_order_docs_policy_md_lists_them():
     for switch in switches:
         facts = facts._replace(**switch)
         order.append(decided(facts, stored).reason)
-    for switch in (dict(client=None), dict(sender=None), dict(domain=None), dict(replies=())):
+    # The store's rules; the trap goes with its recipient (a client that never passed and writes to
+    # a trap would be trapped again).
+    facts = facts._replace(trap=False)
+    for switch in (dict(trapped=None), dict(client=None), dict(sender=None), dict(domain=None),
+                   dict(replies=())):
         stored = stored._replace(**switch)
         order.append(decided(facts, stored).reason)
     documented = open(os.path.join(REPO, "docs", "policy.md")).read().split("## The order of the rules")[1]

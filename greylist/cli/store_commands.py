@@ -116,6 +116,8 @@ def command_show(args: argparse.Namespace) -> int:
             status = "auto-whitelisted" if client.whitelisted else f"not yet ({client.needed} needed)"
             print(f"auto-whitelist: {client.network}: {client.passes} triplets passed, last seen "
                   f"{admin.when(client.last_seen)}; {status}")
+    if lookup.trapped_until is not None:
+        print(f"greytrap: {lookup.network} is trapped until {admin.when(lookup.trapped_until)}")
     for triplet in lookup.triplets:
         print(f"  {triplet.recipient}: {triplet.describe(now)}  [{triplet.key}]")
     return EX_OK
@@ -165,6 +167,10 @@ def command_stats(args: argparse.Namespace) -> int:
                 mark = "  whitelisted" if network["whitelisted"] else ""
                 print(f"    {network['network']:<24} {network['passes']:>6} passed, last seen "
                       f"{admin.when(network['last_seen'])}{mark}")
+        if "trapped" in entry:
+            print(f"  trapped networks: {entry['trapped_networks']:,}")
+            for network in entry["trapped"]:
+                print(f"    {network['network']:<24} until {admin.when(network['until'])}")
     return EX_OK
 
 

@@ -17,6 +17,7 @@ from .base import (  # noqa: F401  (the stores' vocabulary, imported from here)
     AUTO_WHITELIST_TABLE,
     COUNTED_TABLES,
     DOMAINS_TABLE,
+    GREYTRAPS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     OPTIONAL_TABLES,

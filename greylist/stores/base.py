@@ -20,6 +20,7 @@ from ..tables import (  # noqa: F401  (the stores' own vocabulary, imported from
     AUTO_WHITELIST_TABLE,
     COUNTED_TABLES,
     DOMAINS_TABLE,
+    GREYTRAPS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     OPTIONAL_TABLES,
