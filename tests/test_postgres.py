@@ -18,6 +18,7 @@ from greylist.settings import load_settings
 from greylist.stores import (
     AUTO_WHITELIST_TABLE,
     DOMAINS_TABLE,
+    GREYTRAPS_TABLE,
     MESSAGE_ID_TABLE,
     NOT_PASSED_TABLE,
     PASSED_TABLE,
@@ -397,6 +398,27 @@ def test_fewer_delays_are_shared_by_every_mx_host(tmp_path, conninfo, monkeypatc
         for table in (SENDERS_TABLE, REPLIES_TABLE):
             assert list(one_store.items(table)) == []
         assert list(one_store.counted_items(DOMAINS_TABLE)) == []
+    finally:
+        one_store.close()
+        two_store.close()
+
+
+def test_a_greytrap_is_shared_by_every_mx_host(tmp_path, conninfo):
+    config = write_pg_config(tmp_path / "m.conf", conninfo, greytrap_recipients=["trap@example.org"])
+    clock = Clock()
+    lines: list = []
+    one, one_store = make_filter(config, clock, lines)
+    two, two_store = make_filter(config, clock, lines)
+    try:
+        trap = write_control(str(tmp_path / "Ctrap"), "spam@example.com", ("trap@example.org",))
+        assert one.do_filter("", [trap]).startswith(GREYLIST) and "reason=greytrap" in lines[-1]
+        later = write_control(str(tmp_path / "C"), "other@example.com", ("bob@example.org",), ip="192.0.2.77")
+        clock.advance(600)
+        assert two.do_filter("", [later]).startswith(GREYLIST) and "reason=greytrap" in lines[-1]
+        assert dict(two_store.items(GREYTRAPS_TABLE)) == {"192.0.2.0/24": int(clock()) - 600}
+        clock.advance(86400)
+        one.purge(clock())
+        assert dict(two_store.items(GREYTRAPS_TABLE)) == {}
     finally:
         one_store.close()
         two_store.close()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from greylist.stores import (
     AUTO_WHITELIST_TABLE,
     DOMAINS_TABLE,
+    GREYTRAPS_TABLE,
     NOT_PASSED_TABLE,
     OPTIONAL_TABLES,
     PASSED_TABLE,
@@ -234,24 +235,27 @@ def test_auto_whitelist_table_travels_with_export_and_migrate(tmp_path):
     assert run("export", "--db-dir", str(again)).stdout == run("export", "--config", config).stdout
 
 
-def test_the_tables_of_fewer_delays_travel_with_export_and_import(tmp_path):
+def test_the_tables_of_fewer_delays_and_greytraps_travel_with_export_and_import(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = DbmStore(str(tmp_path / "one"), tables=(SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE))
+    ours = (SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE, GREYTRAPS_TABLE)
+    one = DbmStore(str(tmp_path / "one"), tables=ours)
     with one.transaction() as tx:
         tx.set(SENDERS_TABLE, KEYS[0], 1_700_000_001)
         tx.set_counted(DOMAINS_TABLE, KEYS[1], 1_700_000_002, 3)
         tx.set(REPLIES_TABLE, KEYS[2], 1_700_000_003)
+        tx.set(GREYTRAPS_TABLE, "192.0.2.0/24", 1_700_000_004)
     out = io.StringIO()
-    assert export_to(one, out) == 3
+    assert export_to(one, out) == 4
     two = DbmStore(str(tmp_path / "two"))  # the tables are made as the import needs them
     try:
         with pytest.raises(TransferError, match="has no table greylist_Senders"):
             write_entries(two, parse_lines(out.getvalue().splitlines()))
     finally:
         two.close()
-    two = DbmStore(str(tmp_path / "two"), tables=(SENDERS_TABLE, DOMAINS_TABLE, REPLIES_TABLE))
-    assert write_entries(two, parse_lines(out.getvalue().splitlines())) == 3
+    two = DbmStore(str(tmp_path / "two"), tables=ours)
+    assert write_entries(two, parse_lines(out.getvalue().splitlines())) == 4
+    assert dict(two.items(GREYTRAPS_TABLE)) == {"192.0.2.0/24": 1_700_000_004}
     assert dict(two.items(SENDERS_TABLE)) == {KEYS[0]: 1_700_000_001}
     assert list(two.counted_items(DOMAINS_TABLE)) == [(KEYS[1], 1_700_000_002, 3)]
     assert dict(two.items(REPLIES_TABLE)) == {KEYS[2]: 1_700_000_003}

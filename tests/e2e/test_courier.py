@@ -12,7 +12,11 @@ import json
 import os
 import re
 import smtplib
+import socket
 import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from courier_rig import PORT, ROOT_PATH, CourierRig, run_block, unavailable
@@ -261,3 +265,107 @@ def test_replies_to_our_users_mail_pass_at_their_first_attempt(rig):
         subprocess.run(["esmtpd", "stop"], check=False)
         subprocess.run(["esmtpd", "start"], check=True)
         rig.wait_ready()
+
+
+class _SmtpSink:
+    """A mail server on loopback that keeps what Courier delivers to it, as a Maildir's new/ files."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+        for sub in ("tmp", "new", "cur"):
+            (maildir / sub).mkdir(parents=True, exist_ok=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            with connection, connection.makefile("rb") as incoming:
+                connection.sendall(b"220 sink.example ESMTP\r\n")
+                for line in incoming:
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        connection.sendall(b"354 go on\r\n")
+                        data = b""
+                        for body_line in incoming:
+                            if body_line == b".\r\n":
+                                break
+                            data += body_line[1:] if body_line.startswith(b"..") else body_line
+                        name = f"{time.time():.6f}.sink"
+                        (self.maildir / "tmp" / name).write_bytes(data)
+                        os.rename(self.maildir / "tmp" / name, self.maildir / "new" / name)
+                        connection.sendall(b"250 kept\r\n")
+                    elif verb == b"QUIT":
+                        connection.sendall(b"221 bye\r\n")
+                        break
+                    elif verb == b"EHLO":
+                        connection.sendall(b"250-sink.example\r\n250 8BITMIME\r\n")
+                    else:
+                        connection.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_the_x_greylist_header_leaves_a_dkim_signature_valid(rig, tmp_path):
+    """A signed message waits, passes, and is delivered with the header and a valid signature.
+
+    Courier on this rig refuses every local mailbox at RCPT ("513 Syntax error"), so the
+    message goes out as it would to the next hop: Courier's own esmtp delivery, routed for one
+    domain to a server on loopback that keeps each message as a Maildir file.
+    """
+    import base64
+
+    import dkim
+
+    sink = _SmtpSink(tmp_path / "Maildir")
+    domain = f"dkim-{rig.token}.example"
+    with open("/etc/courier/esmtproutes") as handle:
+        routes = handle.read()
+    try:
+        with open("/etc/courier/esmtproutes", "w") as handle:
+            handle.write(f"{domain}: [127.0.0.1],{sink.port}\n" + routes)
+        with open("/etc/courier/esmtpacceptmailfor.dir/greylist-e2e", "a") as handle:
+            handle.write(f"{domain}\n")
+        subprocess.run(["makeacceptmailfor"], check=True)
+        rig.set_settings("x_greylist_header = 'delays'\nx_greylist_host = 'mx.example.org'\n")
+        key = tmp_path / "key.pem"
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+        public = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                                check=True, capture_output=True).stdout
+        record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+        mailbox = f"bob@{domain}"
+        message = (f"From: Alice <alice@sender.example>\r\nTo: {mailbox}\r\nSubject: signed\r\n"
+                   f"Date: Sun, 06 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{rig.token}@sender.example>\r\n"
+                   f"\r\nHello,\r\n\r\nthis message is signed.\r\n").encode()
+        signed = dkim.sign(message, b"sel", b"sender.example", key.read_bytes(),
+                           include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
+        for expected in (451, 250):
+            client = smtplib.SMTP("127.0.0.1", PORT, timeout=30)
+            try:
+                client.ehlo("client.example.org")
+                client.mail("alice@sender.example")
+                assert client.rcpt(mailbox)[0] == 250
+                code, _ = client.data(signed)
+                assert code == expected
+            finally:
+                client.quit()
+        new = tmp_path / "Maildir" / "new"
+        deadline = time.monotonic() + 30  # delivery is Courier's, after the 250
+        while not os.listdir(new) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        delivered = (new / os.listdir(new)[0]).read_bytes()
+        ours = rb"(^|\n)X-Greylist: delayed \d+ seconds by courier-greylist-\S+ at mx.example.org; "
+        assert re.search(ours, delivered), delivered[:600]
+        assert dkim.verify(delivered.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"),
+                           dnsfunc=lambda name, timeout=5: record)
+    finally:
+        sink.close()
+        with open("/etc/courier/esmtproutes", "w") as handle:
+            handle.write(routes)
+        rig.set_settings("")
