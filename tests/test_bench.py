@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO
+from helpers import REPO, needs_gdbm
 
 
 def test_benchmark_smoke_run():
@@ -46,3 +46,15 @@ def test_replay_smoke_run():
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
     assert [row[0] for row in rows][0] == "| defaults" and len(rows) == 7
     assert all(row[-1] == "0 |" for row in rows if "in-reply-to" in row[0] or row[0] == "| defaults")
+
+
+@needs_gdbm
+def test_profile_smoke_run():
+    """Where a decision's time goes: both implementations' user and kernel time, ours by phase."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "profile.py"), "--size", "2000",
+                             "--decisions", "300"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    timed = [line for line in lines if line.startswith(("ours ", "reference ")) and "us a decision: user" in line]
+    assert len(timed) == 4
+    assert "ours by phase (us):" in lines and any(line.strip().startswith("take the lock") for line in lines)
