@@ -55,6 +55,7 @@ def test_profile_smoke_run():
                              "--decisions", "300"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    timed = [line for line in lines if line.startswith(("ours ", "reference ")) and "us a decision: user" in line]
+    timed = [line for line in lines
+             if line.startswith(("ours ", "reference ")) and "us a decision: user" in line]
     assert len(timed) == 4
     assert "ours by phase (us):" in lines and any(line.strip().startswith("take the lock") for line in lines)
