@@ -201,11 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Every command, in the order the manual page lists them (tools/manpage.py).
+COMMANDS = ("check-config", "restart", "status", "show", "allow", "delete", "stats", "purge", "export",
+            "import", "migrate", "report", "check", "install")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"check", "check-config", "install", "export", "import", "migrate", "show", "allow",
-             "delete", "stats", "purge", "report", "restart", "status", "-h", "--help", "--version"}
+    known = set(COMMANDS) | {"-h", "--help", "--version"}
     if argv and argv[0] not in known:
         if not (argv[0].startswith("-") or os.sep in argv[0] or os.path.exists(argv[0])):
             near = difflib.get_close_matches(argv[0], sorted(known - {"-h", "--help", "--version"}), n=1)
