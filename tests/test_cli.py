@@ -171,3 +171,18 @@ def test_check_explain_names_the_rule(tmp_path):
     result = run("check", "--config", config, "--explain", write_control(str(tmp_path / "C")))
     assert result.returncode == 0
     assert "whitelist (whitelisted:client:192.0.2.0/24)" in result.stderr
+
+
+def test_install_with_several_settings_files_reads_each_in_turn(tmp_path):
+    from greylist.cli.shim import installed_config_paths
+    from greylist.settings import load_settings
+
+    first, second = tmp_path / "pythonfilter-modules.conf", tmp_path / "greylist.conf"
+    first.write_text("[greylist.py]\ngreylist_time = 60\nlearn_only = True\n")
+    second.write_text("[greylist.py]\ngreylist_time = 120\n")
+    result = run("install", "--target", str(tmp_path), "--config", str(first), "--config", str(second))
+    assert result.returncode == 0, result.stderr
+    paths = installed_config_paths(str(tmp_path))
+    assert paths == [str(first), str(second)]
+    settings = load_settings(paths)
+    assert settings.greylist_time == 120 and settings.learn_only  # the later file's over the earlier's

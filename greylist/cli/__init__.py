@@ -20,13 +20,13 @@ from ..errors import GreylistError
 from .common import EX_ERROR, EX_USAGE, default_db_dir, envelope_address
 from .dispatcher_commands import command_restart, command_status
 from .file_commands import (
-    SHIM_NAME,
     command_export,
     command_import,
     command_install,
     command_migrate,
     command_report,
 )
+from .shim import SHIM_NAME
 from .store_commands import (
     command_allow,
     command_check,
@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "install", help="let courier-pythonfilter's dispatcher load this filter",
         description=f"Write the module pythonfilter.{SHIM_NAME} that the dispatcher imports "
                     "when pythonfilter.conf lists it.")
-    install.add_argument("--config", metavar="PATH",
-                         help="make the filter read this file instead of the standard ones")
+    install.add_argument("--config", metavar="PATH", action="append",
+                         help="make the filter read this file instead of the standard ones (repeated: "
+                              "each in turn, a later file's settings over an earlier's)")
     install.add_argument("--name", default=SHIM_NAME, help=f"module name (default {SHIM_NAME})")
     install.add_argument("--target", metavar="DIR",
                          help="directory to write to (default: the pythonfilter package)")

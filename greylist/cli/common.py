@@ -23,6 +23,7 @@ from ..stores.dbm.files import flavour_of
 from ..tables import OPTIONAL_TABLES, wanted_tables
 from ..triplet import InvalidClientAddress, IPAddress, parse_client_ip
 from ..whitelist_files import NOT_THERE_YET
+from .shim import installed_config_paths
 
 EX_OK = 0
 EX_ERROR = 1
@@ -42,13 +43,14 @@ def default_db_dir() -> str:
 
 
 def settings_for(args: argparse.Namespace, create: bool = True) -> Settings:
-    """Settings for a command: --config, else the standard files; --db-dir wins.
+    """Settings for a command: --config, else the installed module's files (those the running filter
+    reads), else the standard files; --db-dir wins.
 
     ``create``: make the store directory if missing (commands that only read
     refuse a missing store instead, see ``_existing``).
     """
     try:
-        settings = load_settings([args.config] if args.config else None)
+        settings = load_settings([args.config] if args.config else installed_config_paths())
     except SettingsError as error:
         raise CommandError(str(error)) from None
     if args.config and not os.path.exists(args.config):

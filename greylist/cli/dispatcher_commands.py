@@ -13,7 +13,7 @@ from .. import configcheck, dispatcher_control, status
 from ..admin import ago, when
 from ..settings import standard_config_paths
 from .common import EX_ERROR, EX_OK, CommandError, act_as_store_owner
-from .file_commands import SHIM_NAME, installed_config_paths
+from .shim import SHIM_NAME, installed_config_paths
 
 
 def settings_paths(args: argparse.Namespace) -> List[str]:
