@@ -31,6 +31,7 @@ BASE = "/opt/courier-greylist-e2e"
 MAIL_LOG = "/var/log/mail.log"
 CONFIG = "/etc/pythonfilter-modules.conf"  # the README's: the settings, where courier-pythonfilter reads them
 STORE = "/var/lib/pythonfilter"  # the README's: the store, where courier-pythonfilter keeps it
+PACKAGE_CONFIG = "/etc/courier-greylist/greylist.conf"  # the Debian package's settings
 _MORE = "# a test's own settings follow"
 # A domain this Courier accepts mail for; deliveries go to a dead loopback port.
 # Courier remembers an address whose delivery failed (/var/lib/courier/track)
@@ -62,7 +63,7 @@ def readme_install_block() -> str:
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def run_block(name: str, check: bool = True, given: Optional[dict] = None,
+def run_block(name: str, check: bool = True, given: Optional[dict] = None, cwd: str = REPO,
               **names: str) -> subprocess.CompletedProcess:
     """One of the README's blocks, as written (names set at its top replaced by ``names``), in bash -e.
 
@@ -74,7 +75,7 @@ def run_block(name: str, check: bool = True, given: Optional[dict] = None,
         script.append(f"{key}={names.pop(key)}" if key in names and "=" in line else line)
     assert not names, f"the README's {name} block no longer sets {sorted(names)}"
     result = subprocess.run(["bash", "-e", "-c", "\n".join(script)], capture_output=True, text=True,
-                            cwd=REPO, timeout=900, env=dict(os.environ, PATH=ROOT_PATH))
+                            cwd=cwd, timeout=900, env=dict(os.environ, PATH=ROOT_PATH))
     if check and result.returncode != 0:
         raise RuntimeError(f"the README's {name} block failed ({result.returncode}): "
                            f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
@@ -144,7 +145,8 @@ class CourierRig:
     def __init__(self, greylist_time: int = 0, filter_name: str = "courier_greylist",
                  whitelist_file: bool = False) -> None:
         """``filter_name``: the pythonfilter.conf line: this package ("courier_greylist"),
-        courier-pythonfilter's own module ("greylist"), or "" for no filter (benchmarks).
+        courier-pythonfilter's own module ("greylist"), or "" for no filter (benchmarks);
+        "deb": this package, built and installed as a Debian package with the README's blocks.
         ``whitelist_file``: configure a whitelist file (``self.whitelist``), empty at first."""
         self.filter_name = filter_name
         self.whitelist_file = whitelist_file
@@ -196,6 +198,9 @@ class CourierRig:
         settings = f"[greylist.py]\ngreylist_time = {greylist_time}\n{extra}{_MORE}\n"
         with open("/etc/pythonfilter.conf", "w") as handle:
             handle.write(f"{self.filter_name}\n" if self.filter_name != "courier_greylist" else "")
+        if self.filter_name == "deb":
+            self._install_package(greylist_time)
+            return
         if self.filter_name == "courier_greylist":
             # The README's install block with its own CONFIG, then the settings of the
             # run applied as the README says a postmaster applies them.
@@ -231,6 +236,29 @@ class CourierRig:
         os.symlink(os.path.join(self.venv, "bin", "pythonfilter"), "/usr/lib/courier/filters/pythonfilter")
         if self.filter_name:
             run("filterctl", "start", "pythonfilter")
+
+    def _install_package(self, greylist_time: int) -> None:
+        """The README's deb-build block in a copy of the checkout, its deb-install block with
+        the run's greylist_time set in the package's settings file as a postmaster would."""
+        self.made_store = not os.path.exists(STORE)
+        source = os.path.join(self.base, "source", "courier-greylist")
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+        self.build_output = run_block("deb-build", cwd=source).stdout
+        self.package = os.path.join(os.path.dirname(source), "courier-greylist_0.1.0_amd64.deb")
+        self.config = PACKAGE_CONFIG
+        with open("/etc/pythonfilter.conf", "w") as handle:
+            handle.write("")  # the dispatcher's modules: the install block adds ours
+        installed = run_block("deb-install", cwd=source, check=False,
+                              DEB=os.path.relpath(self.package, source))
+        self.install_output = installed.stdout + installed.stderr
+        if installed.returncode != 0:
+            raise RuntimeError(f"the README's deb-install block failed: {self.install_output[-2000:]}")
+        with open(self.config) as handle:
+            text = handle.read()
+        with open(self.config, "w") as handle:
+            handle.write(text.replace("#greylist_time = 300", f"greylist_time = {greylist_time}\n{_MORE}", 1))
+        self.restart_filter()
 
     def _configure_courier(self) -> None:
         """A test host's needs: loopback port, a remote-looking client, no network."""
@@ -391,6 +419,9 @@ class CourierRig:
         run("pkill", "-u", "courier", check=False)
 
     def close(self) -> None:
+        if self.filter_name == "deb":  # the package goes, with its settings (the store below)
+            subprocess.run(["apt-get", "purge", "-y", "courier-greylist"], capture_output=True, timeout=300,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         self._stop_daemons()
         run("pkill", "-f", "courierd|courieresmtp|courierlocal|courierfax|courierdsn|courieruucp",
             check=False)
