@@ -206,6 +206,8 @@ class CourierRig:
             # run applied as the README says a postmaster applies them.
             self.config, self.store = CONFIG, STORE
             self.made_store = not os.path.exists(STORE)
+            # A Courier host that ran courier-pythonfilter has its settings file already.
+            self.config_before = os.stat(CONFIG) if os.path.exists(CONFIG) else None
             self.package = wheel()
             result = run_block("install", PREFIX=self.venv, PACKAGE=self.package)
             self.install_output = result.stdout
