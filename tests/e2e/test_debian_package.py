@@ -46,6 +46,18 @@ def test_the_package_greylists_then_accepts(rig):
     assert code == 250, text
 
 
+def test_an_upgrade_restarts_the_running_filter(rig):
+    """Installing the package again (as an upgrade does) runs the documented restart: new code runs."""
+    before = subprocess.run(["greylist", "status"], capture_output=True, text=True, timeout=60).stdout
+    again = apt("install", "--reinstall", "-y", rig.package)
+    assert again.returncode == 0, again.stderr
+    assert "restarted: the dispatcher runs (pid " in again.stdout + again.stderr
+    after = subprocess.run(["greylist", "status"], capture_output=True, text=True, timeout=60).stdout
+    assert "greylist: deciding since " in after and after != before
+    recipient = rig.address("deb-dave")
+    assert rig.send("dave@sender.example", recipient) == (451, GREYLIST)
+
+
 def test_remove_keeps_courier_accepting_mail_and_purge_keeps_the_store(rig):
     removed = apt("remove", "-y", "courier-greylist")
     assert removed.returncode == 0, removed.stderr
