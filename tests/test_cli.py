@@ -186,3 +186,13 @@ def test_install_with_several_settings_files_reads_each_in_turn(tmp_path):
     assert paths == [str(first), str(second)]
     settings = load_settings(paths)
     assert settings.greylist_time == 120 and settings.learn_only  # the later file's over the earlier's
+
+
+def test_uninstall_removes_what_python_compiled_of_the_module(tmp_path):
+    assert run("install", "--target", str(tmp_path)).returncode == 0
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "courier_greylist.cpython-311.pyc").write_bytes(b"")
+    (tmp_path / "__pycache__" / "other.cpython-311.pyc").write_bytes(b"")
+    assert run("install", "--target", str(tmp_path), "--uninstall").returncode == 0
+    assert sorted(os.listdir(tmp_path / "__pycache__")) == ["other.cpython-311.pyc"]
+    assert not (tmp_path / "courier_greylist.py").exists()

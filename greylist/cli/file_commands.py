@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -78,6 +80,11 @@ def command_install(args: argparse.Namespace) -> int:
             os.unlink(path)
         except FileNotFoundError:
             raise CommandError(f"{path}: not installed") from None
+        # And what Python compiled of it when the dispatcher imported it: a package manager
+        # removing the dispatcher's directory must find it empty.
+        for compiled in glob.glob(os.path.join(target, "__pycache__", f"{glob.escape(name)}.*.pyc")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(compiled)
         print(f"removed {path}; take '{name}' out of pythonfilter.conf")
         return EX_OK
     config_paths = None

@@ -82,6 +82,23 @@ def run_block(name: str, check: bool = True, given: Optional[dict] = None, cwd: 
     return result
 
 
+_BUILT: dict = {}
+
+
+def debian_package(work: str) -> str:
+    """The .deb built with the README's deb-build block in a copy of the checkout under ``work``
+    (once a session: the modules that install it share it)."""
+    if "deb" not in _BUILT:
+        source = os.path.join(work, "source", "courier-greylist")
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+        run_block("deb-build", cwd=source)
+        built = os.path.join(tempfile.mkdtemp(prefix="greylist-deb-"), "courier-greylist_0.1.0_amd64.deb")
+        shutil.copy2(os.path.join(os.path.dirname(source), "courier-greylist_0.1.0_amd64.deb"), built)
+        _BUILT["deb"] = built
+    return _BUILT["deb"]
+
+
 def wheel() -> str:
     """The wheel CI built into dist/ (.ci/run: python -m build), else one built here now."""
     dist = os.path.join(REPO, "dist")
@@ -243,16 +260,12 @@ class CourierRig:
         """The README's deb-build block in a copy of the checkout, its deb-install block with
         the run's greylist_time set in the package's settings file as a postmaster would."""
         self.made_store = not os.path.exists(STORE)
-        source = os.path.join(self.base, "source", "courier-greylist")
-        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-            ".venv*", ".git", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
-        self.build_output = run_block("deb-build", cwd=source).stdout
-        self.package = os.path.join(os.path.dirname(source), "courier-greylist_0.1.0_amd64.deb")
+        self.package = debian_package(self.base)
         self.config = PACKAGE_CONFIG
         with open("/etc/pythonfilter.conf", "w") as handle:
             handle.write("")  # the dispatcher's modules: the install block adds ours
-        installed = run_block("deb-install", cwd=source, check=False,
-                              DEB=os.path.relpath(self.package, source))
+        installed = run_block("deb-install", cwd=os.path.dirname(self.package), check=False,
+                              DEB=os.path.basename(self.package))
         self.install_output = installed.stdout + installed.stderr
         if installed.returncode != 0:
             raise RuntimeError(f"the README's deb-install block failed: {self.install_output[-2000:]}")
