@@ -269,10 +269,15 @@ class CourierRig:
         self.install_output = installed.stdout + installed.stderr
         if installed.returncode != 0:
             raise RuntimeError(f"the README's deb-install block failed: {self.install_output[-2000:]}")
+        ours = f"greylist_time = {greylist_time}\n"
+        if self.whitelist_file:
+            self.whitelist = os.path.join(self.base, "whitelist")
+            self.set_whitelist("# empty for now\n")
+            ours += f"whitelist_files = [{self.whitelist!r}]\n"
         with open(self.config) as handle:
             text = handle.read()
         with open(self.config, "w") as handle:
-            handle.write(text.replace("#greylist_time = 300", f"greylist_time = {greylist_time}\n{_MORE}", 1))
+            handle.write(text.replace("#greylist_time = 300", f"{ours}{_MORE}", 1))
         self.restart_filter()
 
     def _configure_courier(self) -> None:

@@ -12,6 +12,12 @@ import subprocess
 import pytest
 from courier_rig import PACKAGE_CONFIG, STORE, CourierRig, unavailable
 
+# The mail tests of the wheel-installed filter, run again here against the package.
+from test_courier import (  # noqa: F401
+    test_dns_lists_through_courier,
+    test_whitelist_file_edited_while_courier_runs,
+)
+
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
 GREYLIST = "4.7.1 Greylisting in action, please come back in 00:00:00"
@@ -19,7 +25,7 @@ GREYLIST = "4.7.1 Greylisting in action, please come back in 00:00:00"
 
 @pytest.fixture(scope="module")
 def rig():
-    courier = CourierRig(greylist_time=0, filter_name="deb")
+    courier = CourierRig(greylist_time=0, filter_name="deb", whitelist_file=True)
     yield courier
     courier.close()
 
