@@ -99,8 +99,6 @@ class Facts(NamedTuple):
         return self.client_ip is None or self.authenticated or self.local_source or self.relay_client
 
 
-
-
 class Stored(NamedTuple):
     """What the store holds for a message: read in one transaction, before deciding."""
 
@@ -117,7 +115,6 @@ class Stored(NamedTuple):
     replies: Tuple[Optional[float], ...] = ()  # per recipient: when it last wrote to the sender
     trap_key: Optional[str] = None  # the client network, with greytrap_recipients
     trapped: Optional[float] = None  # when it was trapped
-
 
 
 @dataclass
