@@ -158,6 +158,15 @@ class _NxdomainServer:
         self.sock.close()
 
 
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class CourierRig:
     def __init__(self, greylist_time: int = 0, filter_name: str = "courier_greylist",
                  whitelist_file: bool = False) -> None:
@@ -450,6 +459,11 @@ class CourierRig:
                 os.kill(self.rsyslog_pid, signal.SIGTERM)
             except OSError:
                 pass
+            # Gone before the next rig looks for a running rsyslogd (it would find this one dying,
+            # start none, and the next tests would read an empty mail log).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(self.rsyslog_pid):
+                time.sleep(0.05)
         for path in CHANGED:
             saved = os.path.join(self.saved, path.strip("/").replace("/", "__"))
             if os.path.lexists(path):
