@@ -329,7 +329,8 @@ class CourierRig:
     def _start(self) -> None:
         # The package's own scripts may have started Courier with its old settings.
         self._stop_daemons()
-        if run("pgrep", "-x", "rsyslogd", check=False).returncode != 0:
+        found = run("pgrep", "-x", "rsyslogd", check=False).stdout.split()
+        if not any(_alive(int(pid)) for pid in found):  # (a zombie of an earlier rig's does not log)
             run("rsyslogd")
             self.rsyslog_pid = int(open("/run/rsyslogd.pid").read())
         # Courier asks the authentication daemon about every recipient; without it
