@@ -7,10 +7,11 @@ Run as root; .ci/run runs it with the other end-to-end tests.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
-from courier_rig import CourierRig, debian_package, unavailable
+from courier_rig import STORE, CourierRig, debian_package, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -25,11 +26,14 @@ def package(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def rig(package):
     # courier-pythonfilter in an environment of its own, its dispatcher running whitelist_auth.
+    had_store = os.path.exists(STORE)
     courier = CourierRig(greylist_time=0, filter_name="whitelist_auth")
     yield courier
     subprocess.run(["apt-get", "purge", "-y", "courier-greylist"], capture_output=True, timeout=300,
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     courier.close()
+    if not had_store:  # the package made it, and a purge keeps a store: this test's goes
+        shutil.rmtree(STORE, ignore_errors=True)
 
 
 def apt(*args: str) -> subprocess.CompletedProcess:
