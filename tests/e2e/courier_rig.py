@@ -85,6 +85,19 @@ def run_block(name: str, check: bool = True, given: Optional[dict] = None, cwd: 
 _BUILT: dict = {}
 
 
+def apt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``apt-get ARGS...`` as root, never asking."""
+    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def have_tool(program: str, package: str) -> None:
+    """The Debian package that brings ``program``, installed if the host lacks it."""
+    if shutil.which(program) is None:
+        installed = apt("install", "-y", "-qq", package, timeout=600)
+        assert installed.returncode == 0, installed.stderr
+
+
 def debian_package(work: str) -> str:
     """The .deb built with the README's deb-build block in a copy of the checkout under ``work``
     (once a session: the modules that install it share it)."""
@@ -450,8 +463,7 @@ class CourierRig:
 
     def close(self) -> None:
         if self.filter_name == "deb":  # the package goes, with its settings (the store below)
-            subprocess.run(["apt-get", "purge", "-y", "courier-greylist"], capture_output=True, timeout=300,
-                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+            apt("purge", "-y", "courier-greylist")
         self._stop_daemons()
         run("pkill", "-f", "courierd|courieresmtp|courierlocal|courierfax|courierdsn|courieruucp",
             check=False)

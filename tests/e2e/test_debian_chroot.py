@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from courier_rig import debian_package, unavailable
+from courier_rig import debian_package, have_tool, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -39,11 +39,7 @@ def files(root: str) -> set:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    if shutil.which("mmdebstrap") is None:
-        installed = subprocess.run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], capture_output=True,
-                                   text=True, timeout=600,
-                                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        assert installed.returncode == 0, installed.stderr
+    have_tool("mmdebstrap", "mmdebstrap")
     path = str(tmp_path_factory.mktemp("bookworm") / "root")
     made = subprocess.run(["mmdebstrap", "--variant=apt", "bookworm", path], capture_output=True, text=True,
                           timeout=900)
@@ -83,11 +79,7 @@ def test_install_remove_purge_leave_nothing_but_the_store(root, tmp_path):
 
 def test_lintian_finds_nothing_not_overridden(tmp_path):
     """Errors and warnings alike; debian/courier-greylist.lintian-overrides says why each override."""
-    if shutil.which("lintian") is None:
-        installed = subprocess.run(["apt-get", "install", "-y", "-qq", "lintian"], capture_output=True,
-                                   text=True, timeout=600,
-                                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        assert installed.returncode == 0, installed.stderr
+    have_tool("lintian", "lintian")
     result = subprocess.run(["lintian", "--fail-on", "error,warning", debian_package(str(tmp_path))],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from courier_rig import STORE, CourierRig, debian_package, unavailable
+from courier_rig import STORE, CourierRig, apt, debian_package, unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")]
 
@@ -29,16 +29,10 @@ def rig(package):
     had_store = os.path.exists(STORE)
     courier = CourierRig(greylist_time=0, filter_name="whitelist_auth")
     yield courier
-    subprocess.run(["apt-get", "purge", "-y", "courier-greylist"], capture_output=True, timeout=300,
-                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    apt("purge", "-y", "courier-greylist")
     courier.close()
     if not had_store:  # the package made it, and a purge keeps a store: this test's goes
         shutil.rmtree(STORE, ignore_errors=True)
-
-
-def apt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
 def _dispatcher(rig) -> str:

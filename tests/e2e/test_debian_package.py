@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from courier_rig import PACKAGE_CONFIG, STORE, CourierRig, unavailable
+from courier_rig import PACKAGE_CONFIG, STORE, CourierRig, apt, unavailable
 
 # The mail tests of the wheel-installed filter, run again here against the package.
 from test_courier import (  # noqa: F401
@@ -28,11 +28,6 @@ def rig():
     courier = CourierRig(greylist_time=0, filter_name="deb", whitelist_file=True)
     yield courier
     courier.close()
-
-
-def apt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
 def test_installed_as_the_readme_says(rig):
