@@ -184,9 +184,8 @@ class GreylistFilter:
             return Verdict(policy.Decision("error", reason="control-file", reply=INTERNAL_FAILURE_REPLY),
                            error=str(error))
         facts = self.exemptions.facts(envelope)
-        headers = read_header_block(body_path) if body_path and self._reads_headers else b""
         if self.local_domains is not None and facts.sender and facts.ours:
-            facts = self._with_reply_keys(facts, headers)
+            facts = self._with_reply_keys(facts, body_path)
         now = self.clock()
         step = policy.decide_message(facts, None, now, self.rules)
         if step is policy.ASK_DNS_LISTS:
@@ -200,6 +199,8 @@ class GreylistFilter:
                 self._record(verdict)
             return verdict
         verdict = Verdict(step, facts)  # the decision comes from the store's transaction
+        # Read here, not before: a message an earlier rule decided costs no read of its data file.
+        headers = read_header_block(body_path) if body_path and self._reads_headers else b""
         if self.settings.spf_triplets and headers:
             verdict.spf_domain = spf_pass_domain(headers, facts.sender)
         if self.settings.match_retry_by_message_id:
@@ -216,12 +217,14 @@ class GreylistFilter:
             verdict.error = str(error)
         return verdict
 
-    def _with_reply_keys(self, facts: policy.Facts, headers: bytes) -> policy.Facts:
+    def _with_reply_keys(self, facts: policy.Facts, body_path: Optional[str]) -> policy.Facts:
         """Our user's mail: the keys recording whom it goes to outside (whitelist_replies)."""
         remote = self.local_domains.remote(facts.recipients)
         if not remote:
             return facts
-        sent = message_id(headers) if self._strict_replies else None
+        sent = None  # the strict form also records the Message-ID our user sent
+        if self._strict_replies and body_path:
+            sent = message_id(read_header_block(body_path))
         return facts._replace(reply_keys=self.keys.replies_sent(facts.sender, remote, sent))
 
     def _record(self, verdict: Verdict) -> None:
