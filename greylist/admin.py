@@ -107,8 +107,9 @@ class Lookup:
 
 def _state(recipient: str, key: str, stored: policy.StoredState, now: float,
            timing: policy.Timing) -> TripletState:
-    first = policy.live_time(stored.not_passed, timing.not_passed_ttl, now)
-    last = policy.live_time(stored.passed, timing.passed_ttl, now)
+    not_passed, passed = stored
+    first = policy.live_time(not_passed, timing.not_passed_ttl, now)
+    last = policy.live_time(passed, timing.passed_ttl, now)
     if first is not None:
         return TripletState(recipient, key, "pending", first_seen=first,
                             passes_at=first + timing.greylist_time,

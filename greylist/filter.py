@@ -123,6 +123,10 @@ class GreylistFilter:
         self.local_domains = LocalDomains(log=log) if settings.whitelist_replies else None
         self.last_decision: Optional[float] = None  # Unix time of the last decision without an error
         self.header_mode = settings.x_greylist_header
+        # Read for every message: kept here rather than looked up in the settings each time.
+        self._log_decisions = settings.log_decisions
+        self._spf_triplets = settings.spf_triplets
+        self._match_by_message_id = settings.match_retry_by_message_id
         self.signature = f"courier-greylist-{VERSION} at {settings.x_greylist_host or me()}"
 
     # --- the dispatcher's call ---------------------------------------------------
@@ -133,8 +137,9 @@ class GreylistFilter:
         started = time.perf_counter() if counts is not None else 0.0
         try:
             with self._turn:
-                verdict = self.check(control_paths, body_path, in_turn=True)
-                if self.settings.log_decisions or verdict.action == "error":
+                verdict = self.check(control_paths, body_path, True)
+                decision = verdict.decision
+                if self._log_decisions or decision.action == "error":
                     self.log(verdict.log_line())
         except Exception as error:  # the last net: nothing escapes into the dispatcher
             self.log(f"greylist: action=error, reason=internal, error={log_safe(repr(error))}")
@@ -142,15 +147,16 @@ class GreylistFilter:
                 finished = time.perf_counter()
                 counts.decided("error", "internal", finished - started, finished)
             return self._store_failure_reply()
-        if self.header_mode != "none" and body_path and verdict.reply == "" \
-                and verdict.action in ("pass", "whitelist"):
+        action = decision.action
+        if self.header_mode != "none" and body_path and decision.reply == "" \
+                and action in ("pass", "whitelist"):
             self._add_header(body_path, verdict)
-        if verdict.action != "error":
+        if action != "error":
             self.last_decision = time.time()
         if counts is not None:
             finished = time.perf_counter()
-            counts.decided(verdict.action, verdict.reason, finished - started, finished)
-        return verdict.reply
+            counts.decided(action, decision.reason, finished - started, finished)
+        return decision.reply
 
     def _add_header(self, body_path: str, verdict: Verdict) -> None:
         """The X-Greylist line in front of the message; a failure is one log line, and the
@@ -201,9 +207,9 @@ class GreylistFilter:
         verdict = Verdict(step, facts)  # the decision comes from the store's transaction
         # Read here, not before: a message an earlier rule decided costs no read of its data file.
         headers = read_header_block(body_path) if body_path and self._reads_headers else b""
-        if self.settings.spf_triplets and headers:
+        if self._spf_triplets and headers:
             verdict.spf_domain = spf_pass_domain(headers, facts.sender)
-        if self.settings.match_retry_by_message_id:
+        if self._match_by_message_id:
             verdict.message_id = message_id(headers)
         self.upkeep.maybe_start(now)
         try:
@@ -276,15 +282,14 @@ def read_stored(tx: Transaction, keys: MessageKeys) -> policy.Stored:
                 more[table] = listed
     tx.lock_and_load(keys.triplets, more)
     return policy.Stored(
-        keys.triplets,
-        {key: policy.StoredState(tx.get(NOT_PASSED_TABLE, key), tx.get(PASSED_TABLE, key))
-         for key in keys.unique},
+        keys.triplets, tx.triplet_states(keys.unique),
         client, tx.get_counted(AUTO_WHITELIST_TABLE, client) if client else None,
         keys.messages,
         {key: tx.get(MESSAGE_ID_TABLE, key) for key in keys.messages.values()} if keys.messages else {},
         sender, tx.get(SENDERS_TABLE, sender) if sender else None,
         domain, tx.get_counted(DOMAINS_TABLE, domain) if domain else None,
-        tuple(_newest(tx.get(REPLIES_TABLE, key) for key in each) for each in keys.replies),
+        tuple(_newest(tx.get(REPLIES_TABLE, key) for key in each) for each in keys.replies)
+        if keys.replies else (),
         trap, tx.get(GREYTRAPS_TABLE, trap) if trap else None)
 
 

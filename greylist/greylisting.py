@@ -42,7 +42,11 @@ class Timing:
 
 
 class StoredState(NamedTuple):
-    """What the two tables hold for one triplet: Unix times, or None."""
+    """What the two tables hold for one triplet: Unix times, or None.
+
+    The rules unpack it, so a store may hand a plain ``(not_passed, passed)`` pair
+    (``Transaction.triplet_states`` does: a named tuple per triplet costs more than its read).
+    """
 
     not_passed: Optional[float] = None
     passed: Optional[float] = None
@@ -102,31 +106,31 @@ def decide_triplets(keys: Iterable[str], stored: Mapping[str, StoredState], now:
     accept, wait, outcomes, writes = True, 0.0, [], []
     stamp = int(now)
     for key in keys:
-        current = state.get(key, _NOTHING_STORED)
-        first_seen = live_time(current.not_passed, timing.not_passed_ttl, now)
+        not_passed, passed = state.get(key, _NOTHING_STORED)
+        first_seen = live_time(not_passed, timing.not_passed_ttl, now)
         if first_seen is not None:
             time_to_go = first_seen + timing.greylist_time - now
             if time_to_go > 0:
                 accept = False
                 wait = max(wait, time_to_go)
                 outcomes.append(Outcome(key, "early-retry", time_to_go))
-                if current.not_passed > now:  # from a clock that was ahead: the wait starts now
+                if not_passed > now:  # from a clock that was ahead: the wait starts now
                     writes.append(Write(NOT_PASSED_TABLE, key, stamp))
-                    state[key] = StoredState(float(stamp), current.passed)
+                    state[key] = (float(stamp), passed)
                 continue
             writes.append(Write(PASSED_TABLE, key, stamp))
             writes.append(Write(NOT_PASSED_TABLE, key, None))
-            state[key] = StoredState(None, float(stamp))
+            state[key] = (None, float(stamp))
             outcomes.append(Outcome(key, "passed", 0.0, now - first_seen))
-        elif live_time(current.passed, timing.passed_ttl, now) is not None:
+        elif live_time(passed, timing.passed_ttl, now) is not None:
             writes.append(Write(PASSED_TABLE, key, stamp))
-            state[key] = StoredState(None, float(stamp))
+            state[key] = (None, float(stamp))
             outcomes.append(Outcome(key, "known"))
         else:
             accept = False
             wait = max(wait, timing.greylist_time)
             writes.append(Write(NOT_PASSED_TABLE, key, stamp))
-            state[key] = StoredState(float(stamp), current.passed)
+            state[key] = (float(stamp), passed)
             outcomes.append(Outcome(key, "new", timing.greylist_time))
     return TripletDecision(accept, wait, outcomes, writes)
 

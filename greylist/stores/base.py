@@ -63,7 +63,7 @@ def parse_timestamp(raw: Optional[bytes]) -> Optional[float]:
 
 def format_timestamp(timestamp: int) -> bytes:
     """Stored form of a time: integer text, as the reference writes it."""
-    return str(int(timestamp)).encode("ascii")
+    return b"%d" % timestamp  # (int() of a float, as %d takes it)
 
 
 def parse_counted(raw: Optional[bytes]) -> Optional[Tuple[float, int]]:
@@ -104,6 +104,10 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def get(self, table: str, key: str) -> Optional[float]:
         """The time stored under key, or None."""
+
+    def triplet_states(self, keys: Iterable[str]) -> Dict[str, Tuple[Optional[float], Optional[float]]]:
+        """Each triplet key's times in the two TABLES: (not passed, passed)."""
+        return {key: (self.get(NOT_PASSED_TABLE, key), self.get(PASSED_TABLE, key)) for key in keys}
 
     @abc.abstractmethod
     def set(self, table: str, key: str, timestamp: int) -> None:

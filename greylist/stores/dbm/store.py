@@ -103,6 +103,9 @@ class DbmStore(Store):
         # Set when a hold may have replaced an open gdbm file: its old
         # descriptor is then closed after the lock is let go.
         self._files_replaced = False
+        # Whether another process (or a fold) wrote since our previous hold: only
+        # then is a second process likely to wait for this one, and worth a prefetch.
+        self._others_write = True
         self.fold_on_close = True
         # Purges, compactions and folds take turns, and close() waits for them.
         self._maintenance = threading.Lock()
@@ -163,7 +166,8 @@ class DbmStore(Store):
         waited = lock.acquire()
         try:
             generation, folds = lock.generation, lock.folds
-            if generation != self._generation:
+            self._others_write = generation != self._generation
+            if self._others_write:
                 self._files_replaced = True
                 for table in self._tables.values():
                     table.refresh(folds != self._folds)
@@ -233,6 +237,9 @@ class DbmStore(Store):
         return DbmTransaction(self, self._tables)
 
     def prefetch(self, tables: Sequence[str], keys: Sequence[str]) -> None:
+        # Alone on the store, the lookups cost the same under the lock, and nobody waits for it.
+        if not self._others_write:
+            return
         encoded = [key.encode("latin-1") for key in keys]
         for table in tables:
             opened = self._tables.get(table)
