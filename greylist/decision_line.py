@@ -74,19 +74,22 @@ class Verdict:
         safe = log_safe
         decision = self.decision
         facts = self.facts
-        line = f"greylist: action={decision.action}, reason={safe(decision.reason)}"
-        if decision.action == "learn":
-            line += ", would=greylist"
-        if facts is not None:
+        action, reason = decision.action, decision.reason
+        would = ", would=greylist" if action == "learn" else ""
+        if facts is None:
+            line = f"greylist: action={action}, reason={safe(reason)}{would}"
+        else:
             client_ip, client_name, sender, recipients = facts.client_ip, facts.client_name, facts.sender, \
                 facts.recipients
             if client_ip is not None and client_name and sender is not None and len(recipients) == 1 \
-                    and len(client_ip) + len(client_name) + len(sender) <= 200 and len(recipients[0]) <= 100 \
-                    and _is_plain(client_ip + client_name + sender + recipients[0]):
+                    and len(reason) + len(client_ip) + len(client_name) + len(sender) <= 200 \
+                    and len(recipients[0]) <= 100 \
+                    and _is_plain(reason + client_ip + client_name + sender + recipients[0]):
                 # The usual message: every value plain and short, checked at once and written as it is.
-                line += (f", client_address={client_ip}, client_name={client_name}, "
-                         f"sender={sender}, recipients={recipients[0]}")
+                line = (f"greylist: action={action}, reason={reason}{would}, client_address={client_ip}, "
+                        f"client_name={client_name}, sender={sender}, recipients={recipients[0]}")
             else:
+                line = f"greylist: action={action}, reason={safe(reason)}{would}"
                 if client_ip is not None:
                     line += f", client_address={safe(client_ip)}"
                 if client_name:

@@ -92,10 +92,10 @@ class Keys:
                     if message is not None else {})
         keys = tuple(triplets)
         unique = keys if len(keys) == 1 else tuple(dict.fromkeys(keys))
-        client = self.client(address)
+        client = self.client(address) if self.auto_whitelist else None
         trap = client if self.greytraps else None
         if not (self.senders or self.replies):
-            return MessageKeys(keys, unique, client, messages, trap=trap)
+            return MessageKeys(keys, unique, client, messages, None, None, (), trap)
         sender = self.address(sender)
         network = client_network(address, self.ipv4_prefix, self.ipv6_prefix)
         domain = domain_of(sender)
