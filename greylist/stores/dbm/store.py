@@ -133,6 +133,9 @@ class DbmStore(Store):
             self._close_files()
             raise
         self._opened_per_hold = [t for t in self._tables.values() if isinstance(t, GenericTable)]
+        # One transaction object serves every message: a hold excludes every other, so what
+        # it keeps (the wait) is always its holder's.  Made per message, it cost more than its work.
+        self._transaction = DbmTransaction(self, self._tables)
         flavours = sorted({table.flavour for table in self._tables.values()})
         self.description = f"{'/'.join(flavours)} in {directory}"
 
@@ -234,7 +237,7 @@ class DbmStore(Store):
     # the Store interface
 
     def transaction(self) -> DbmTransaction:
-        return DbmTransaction(self, self._tables)
+        return self._transaction
 
     def prefetch(self, tables: Sequence[str], keys: Sequence[str]) -> None:
         # Alone on the store, the lookups cost the same under the lock, and nobody waits for it.
@@ -388,5 +391,6 @@ class DbmStore(Store):
             with contextlib.suppress(Exception):
                 table.close()
         self._tables = {}
+        self._transaction = DbmTransaction(self, self._tables)
         self._lock.close()
 
