@@ -1,9 +1,11 @@
 """The benchmark must not rot: a tiny run of it, with no timing assertion."""
 
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO, needs_gdbm
 
 
@@ -52,10 +54,26 @@ def test_replay_smoke_run():
 def test_profile_smoke_run():
     """Where a decision's time goes: both implementations' user and kernel time, ours by phase."""
     result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "profile.py"), "--size", "2000",
-                             "--decisions", "300"], capture_output=True, text=True, timeout=300)
+                             "--decisions", "300", "--instructions", "0"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     timed = [line for line in lines
              if line.startswith(("ours ", "reference ")) and "us a decision: user" in line]
     assert len(timed) == 4
     assert "ours by phase (us):" in lines and any(line.strip().startswith("take the lock") for line in lines)
+
+
+@needs_gdbm
+def test_profile_counts_instructions():
+    """The figure the machine's drift does not move: user-space instructions a decision, both sides."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("needs valgrind, which counts the instructions")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench", "profile.py"), "--size", "2000",
+                             "--decisions", "100", "--instructions", "50"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    counted = {line.split()[0]: float(line.split()[1].rstrip("k")) for line in result.stdout.splitlines()
+               if "instructions a decision (callgrind" in line}
+    assert set(counted) == {"ours", "reference"}
+    assert all(10 < thousands < 2000 for thousands in counted.values()), result.stdout
