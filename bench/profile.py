@@ -1,6 +1,6 @@
 """Where a decision's time goes: user and kernel time, ours and the reference's, and ours by phase.
 
-    python bench/profile.py                 # 1M gdbm triplets on tmpfs, 20,000 decisions; ~1 minute
+    python bench/profile.py                 # 1M gdbm triplets on tmpfs, 20,000 decisions; ~2 minutes
     python bench/profile.py --size 100000   # a smaller store
 
 Both stores are written into /dev/shm (tmpfs: fsync costs nothing, so
@@ -18,13 +18,14 @@ with the decision line on (written to /dev/null), as in Courier.
 3. With valgrind installed: user-space instructions per decision, ours and
    the reference's, counted by callgrind (the count of 300 + N decisions
    less that of 300, over N; ``--instructions N``, 2,000 by default, 0 skips
-   it).  The machine's drift does not move this figure, so it shows a change
+   it; the four counts run at once).  The machine's drift does not move this figure, so it shows a change
    of the code where the timings above cannot; kernel time is not in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -42,12 +43,12 @@ MEASURE = r'''
 import json, os, shutil, sys, time
 sys.path.insert(0, {here!r})
 import worker
-impl, template, controls, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-work = os.path.dirname(template)
-store = os.path.join(work, "store")
+from workload import write_config
+impl, template, controls, count, place = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+store = os.path.join(place, "store")  # a place of its own: several measurements may run at once
 shutil.rmtree(store, ignore_errors=True)
 shutil.copytree(template, store)
-config = os.path.join(work, "bench.conf")
+config = write_config(os.path.join(place, "bench.conf"), store)
 do_filter, window = worker._load(impl, config, False)
 sys.stderr = open(os.devnull, "w")
 paths = [os.path.join(controls, f"C{{n}}") for n in range(count)]
@@ -110,13 +111,14 @@ def _run(script: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def instructions(impl: str, template: str, controls: str, count: int) -> int:
+def instructions(impl: str, template: str, controls: str, count: int, place: str) -> int:
     """User-space instructions of a measurement's whole process, counted by callgrind."""
+    os.makedirs(place, exist_ok=True)
     # (a child the filter forks, courier-config say, would report a count of its own)
     result = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                              "--child-silent-after-fork=yes",
                              sys.executable, "-c", MEASURE.format(here=HERE), impl, template, controls,
-                             str(count)], capture_output=True, text=True, timeout=1200,
+                             str(count), place], capture_output=True, text=True, timeout=1200,
                             env=dict(os.environ, PYTHONHASHSEED="0"))  # the same dict layouts each run
     found = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or found is None:
@@ -150,7 +152,7 @@ def main() -> int:
               f"{args.decisions:,} decisions each")
         for _ in range(2):
             for impl in ("ours", "reference"):
-                took = _run(measure, impl, template, controls, str(args.decisions))
+                took = _run(measure, impl, template, controls, str(args.decisions), work)
                 print(f"{impl:<10} {took['wall']:5.1f} us a decision: user {took['user']:4.1f}, "
                       f"kernel {took['sys']:4.1f}")
         phases = _run(PHASES.format(here=HERE), template, controls, str(args.decisions))
@@ -165,8 +167,15 @@ def main() -> int:
         if shutil.which("valgrind") is None:
             print("instructions: not counted (install valgrind)")
             return 0
+        # The four counts at once, each in a place of its own: callgrind is slow, and they do not
+        # disturb one another's count as they would a timing.
+        runs = [(impl, n) for impl in ("ours", "reference") for n in (300, 300 + args.instructions)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            counted = dict(zip(runs, pool.map(
+                lambda run: instructions(run[0], template, controls, run[1],
+                                         os.path.join(work, f"count-{run[0]}-{run[1]}")), runs)))
         for impl in ("ours", "reference"):
-            few, many = (instructions(impl, template, controls, n) for n in (300, 300 + args.instructions))
+            few, many = counted[(impl, 300)], counted[(impl, 300 + args.instructions)]
             print(f"{impl:<10} {(many - few) / args.instructions / 1000:5.1f}k instructions a decision "
                   f"(callgrind, {args.instructions:,} decisions)")
     finally:
