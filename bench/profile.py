@@ -18,8 +18,9 @@ with the decision line on (written to /dev/null), as in Courier.
 3. With valgrind installed: user-space instructions per decision, ours and
    the reference's, counted by callgrind (the count of 300 + N decisions
    less that of 300, over N; ``--instructions N``, 2,000 by default, 0 skips
-   it; the four counts run at once).  The machine's drift does not move this figure, so it shows a change
-   of the code where the timings above cannot; kernel time is not in it.
+   it; the four counts run at once).  The machine's drift does not move
+   this figure, so it shows a change of the code where the timings above
+   cannot; kernel time is not in it.
 """
 
 from __future__ import annotations
