@@ -41,11 +41,17 @@ class Dispatcher:
         self.socket_path = str(spool / "allfilters" / "pythonfilter")
         self.spool = spool / "tmp"
         self.log = open(tmp_path / "dispatcher.log", "w+")
-        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", **(env or {}))
         program = shutil.which("pythonfilter", path=BIN)
         assert program, "courier-pythonfilter's dispatcher is not installed"
+        # ``env`` (libfaketime's, say) reaches the dispatcher alone, through env(1) right before
+        # it: a libfaketime preloaded into the wrappers that exec it (unshare, sh) left its
+        # shared memory behind in /dev/shm at each exec.
+        dispatcher = [sys.executable, program]
+        if env:
+            dispatcher = ["env", *(f"{name}={value}" for name, value in env.items()), *dispatcher]
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
         try:
-            command = dispatcher_command([sys.executable, program], str(etc / "pythonfilter.conf"))
+            command = dispatcher_command(dispatcher, str(etc / "pythonfilter.conf"))
         except RuntimeError as error:
             pytest.skip(str(error))
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self.log, stderr=self.log,
