@@ -35,7 +35,9 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_FILTER_CONFS = ["/etc/pythonfilter.conf", "/usr/local/etc/pythonfilter.conf"]
-ETC = os.environ.setdefault("GREYLIST_TEST_ETC", tempfile.mkdtemp(prefix="greylist-test-etc-"))
+if "GREYLIST_TEST_ETC" not in os.environ:  # (a child of the tests' inherits it: no directory of its own)
+    os.environ["GREYLIST_TEST_ETC"] = tempfile.mkdtemp(prefix="greylist-test-etc-")
+ETC = os.environ["GREYLIST_TEST_ETC"]
 SPOOL = os.path.join(ETC, "spool")  # the tests' localstatedir
 COURIER_BIN = os.path.join(ETC, "bin")  # its courier-config
 

@@ -11,6 +11,7 @@ loopback port, and rsyslog for the mail log.  Everything changed in
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -106,7 +107,9 @@ def debian_package(work: str) -> str:
         shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
             ".venv*", ".git", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
         run_block("deb-build", cwd=source)
-        built = os.path.join(tempfile.mkdtemp(prefix="greylist-deb-"), "courier-greylist_0.1.0_amd64.deb")
+        kept = tempfile.mkdtemp(prefix="greylist-deb-")
+        atexit.register(shutil.rmtree, kept, True)  # the session's: gone with it
+        built = os.path.join(kept, "courier-greylist_0.1.0_amd64.deb")
         shutil.copy2(os.path.join(os.path.dirname(source), "courier-greylist_0.1.0_amd64.deb"), built)
         _BUILT["deb"] = built
     return _BUILT["deb"]
