@@ -196,3 +196,23 @@ def test_uninstall_removes_what_python_compiled_of_the_module(tmp_path):
     assert run("install", "--target", str(tmp_path), "--uninstall").returncode == 0
     assert sorted(os.listdir(tmp_path / "__pycache__")) == ["other.cpython-311.pyc"]
     assert not (tmp_path / "courier_greylist.py").exists()
+
+
+def test_every_command_reads_the_settings_files_the_installed_module_names(tmp_path, monkeypatch):
+    """Without --config, the files the running filter reads (greylist install --config), for the
+    store commands, check-config and the report alike; --config still wins."""
+    import argparse
+
+    from greylist.cli import common
+
+    installed = tmp_path / "greylist.conf"
+    installed.write_text(f"[greylist.py]\nipv4_prefix = 16\n[ttldb]\ntype = 'dbm'\ndir = '{tmp_path}/db'\n")
+    given = tmp_path / "given.conf"
+    given.write_text(f"[greylist.py]\nipv4_prefix = 20\n[ttldb]\ntype = 'dbm'\ndir = '{tmp_path}/db'\n")
+    monkeypatch.setattr(common, "installed_config_paths", lambda: [str(installed)])
+    plain = argparse.Namespace(config=None, db_dir=None)
+    assert common.settings_for(plain).ipv4_prefix == 16
+    assert common.settings_only(plain).ipv4_prefix == 16  # greylist report's
+    named = argparse.Namespace(config=str(given), db_dir=None)
+    assert common.settings_for(named).ipv4_prefix == 20
+    assert common.settings_only(named).ipv4_prefix == 20

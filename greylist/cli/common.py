@@ -7,7 +7,7 @@ import gzip
 import io
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..errors import GreylistError
 from ..filter import GreylistFilter
@@ -42,6 +42,12 @@ def default_db_dir() -> str:
     return os.path.join(state, "courier-greylist")
 
 
+def config_paths(args: argparse.Namespace) -> Optional[List[str]]:
+    """The settings files a command reads: --config, else the installed module's (those the
+    running filter reads); None: courier.config's standard files."""
+    return [args.config] if args.config else installed_config_paths()
+
+
 def settings_for(args: argparse.Namespace, create: bool = True) -> Settings:
     """Settings for a command: --config, else the installed module's files (those the running filter
     reads), else the standard files; --db-dir wins.
@@ -50,7 +56,7 @@ def settings_for(args: argparse.Namespace, create: bool = True) -> Settings:
     refuse a missing store instead, see ``_existing``).
     """
     try:
-        settings = load_settings([args.config] if args.config else installed_config_paths())
+        settings = load_settings(config_paths(args))
     except SettingsError as error:
         raise CommandError(str(error)) from None
     if args.config and not os.path.exists(args.config):
@@ -262,7 +268,7 @@ def text_lines(source, errors: str = "strict"):
 
 def settings_only(args: argparse.Namespace) -> Settings:
     try:
-        return load_settings([args.config] if args.config else None)
+        return load_settings(config_paths(args))
     except SettingsError as error:
         raise CommandError(str(error)) from None
 

@@ -20,13 +20,13 @@ from .common import (
     CommandError,
     act_as_store_owner,
     client_address,
+    config_paths,
     on_store,
     open_filter,
     progress_printer,
     quiet_filter,
     settings_for,
 )
-from .shim import installed_config_paths
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -82,7 +82,7 @@ def _reputation_lines(reputation) -> list:
 
 
 def command_check_config(args: argparse.Namespace) -> int:
-    found = configcheck.check([args.config] if args.config else installed_config_paths(), act_as_store_owner)
+    found = configcheck.check(config_paths(args), act_as_store_owner)
     for line in found.lines():
         print(line, file=sys.stderr if line.startswith("problem: ") else sys.stdout)
     return EX_ERROR if found.problems else EX_OK
