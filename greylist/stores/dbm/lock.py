@@ -217,9 +217,7 @@ class StoreLock:
         """Before a hold's first write: a new generation, which tells the others; returns it."""
         generation = self.generation = (self.generation + 1) & (2**62 - 1)
         if not self.readonly and self._fd is not None:
-            # (_write's check, without the call: every message that passes or waits comes here)
-            if os.pwrite(self._fd, _GENERATION.pack(generation), _STATE_OFFSET) != _GENERATION.size:
-                raise OSError(errno.ENOSPC, f"short write to {self.path}")
+            self._write(_GENERATION.pack(generation), _STATE_OFFSET)
         return generation
 
     def count_fold(self) -> None:

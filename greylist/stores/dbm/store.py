@@ -390,7 +390,6 @@ class DbmStore(Store):
         for table in self._tables.values():
             with contextlib.suppress(Exception):
                 table.close()
-        self._tables = {}
-        self._transaction = DbmTransaction(self, self._tables)
+        self._tables.clear()  # (in place: the transaction object reads this mapping)
         self._lock.close()
 

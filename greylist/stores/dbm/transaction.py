@@ -77,7 +77,7 @@ class DbmTransaction(Transaction):
             elif timestamp is None:
                 tables[table].delete(raw_key)
             else:
-                tables[table].set(raw_key, b"%d" % timestamp)  # format_timestamp's form, without a call
+                tables[table].set(raw_key, format_timestamp(timestamp))
 
     def get_counted(self, table: str, key: str) -> Optional[Tuple[float, int]]:
         return parse_counted(self._tables[table].get(key.encode("latin-1")))
