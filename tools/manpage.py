@@ -68,7 +68,9 @@ def commands_section() -> list:
 
 def settings_section(readme: str) -> list:
     out = [".SH SETTINGS",
-           "In \\fB/etc/pythonfilter\\-modules.conf\\fR (courier\\-pythonfilter's file), values written as "
+           "In \\fB/etc/pythonfilter\\-modules.conf\\fR (courier\\-pythonfilter's file), or in the files "
+           "\\fBgreylist install \\-\\-config\\fR named (the Debian package's: "
+           "\\fB/etc/courier\\-greylist/greylist.conf\\fR), values written as "
            "Python literals. With every setting at its default the filter decides exactly as "
            "courier\\-pythonfilter 3.0.6's greylist module."]
     for section in ("`[greylist.py]`", "`[ttldb]`"):
@@ -104,6 +106,8 @@ def main() -> int:
             *commands_section(), *settings_section(readme), *reasons_section(readme),
             ".SH FILES",
             ".TP", "\\fB/etc/pythonfilter\\-modules.conf\\fR", "the settings",
+            ".TP", "\\fB/etc/courier\\-greylist/greylist.conf\\fR",
+            "the Debian package's settings (read after courier\\-pythonfilter's file where that exists)",
             ".TP", "\\fB/etc/pythonfilter.conf\\fR",
             "the modules the dispatcher loads (\\fBcourier_greylist\\fR)",
             ".TP", "\\fB/var/lib/pythonfilter\\fR", "the store (dbm files), owned by Courier's mail user",
